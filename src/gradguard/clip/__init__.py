@@ -1,0 +1,36 @@
+"""Gradient clipping policies, and the statistics they are computed from.
+
+Use a policy through an optimizer (``gradguard.Adam(params, clip="global_norm:1")``), where the
+clip is folded into the update, or alone on any parameters (``GlobalNorm(1.0).clip_(params)``).
+"""
+
+from ._parse import VALID_FORMS, parse, resolve
+from ._policies import (
+    AGC,
+    AutoClip,
+    ClipDecision,
+    ClipPolicy,
+    GlobalNorm,
+    NoClip,
+    Norm,
+    Value,
+    ZClip,
+)
+from ._stats import GradStats, unitwise_norm
+
+__all__ = [
+    "AGC",
+    "VALID_FORMS",
+    "AutoClip",
+    "ClipDecision",
+    "ClipPolicy",
+    "GlobalNorm",
+    "GradStats",
+    "NoClip",
+    "Norm",
+    "Value",
+    "ZClip",
+    "parse",
+    "resolve",
+    "unitwise_norm",
+]

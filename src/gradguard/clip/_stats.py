@@ -1,0 +1,92 @@
+"""Gradient statistics for one step, gathered once and shared by every clip policy and the guard.
+
+Everything stays a tensor on the gradients' device: nothing here reads a value on the host.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor
+
+
+def _norm_dtype(t: Tensor) -> torch.dtype:
+    """Norms of low-precision gradients are accumulated in float32, float64 stays float64."""
+    return torch.float64 if t.dtype == torch.float64 else torch.float32
+
+
+def unitwise_norm(t: Tensor) -> Tensor:
+    """Norm per unit as in Brock et al. 2021: the whole tensor for ndim <= 1, else per slice of
+    dim 0 (one output unit / filter), shaped to broadcast against ``t``."""
+    dtype = _norm_dtype(t)
+    if t.dim() <= 1:
+        return torch.linalg.vector_norm(t, dtype=dtype)
+    return torch.linalg.vector_norm(t, dim=tuple(range(1, t.dim())), keepdim=True, dtype=dtype)
+
+
+def combine_norms(norms: list[Tensor], norm_type: float) -> Tensor:
+    """The norm of a concatenation, from the norms of its parts (as clip_grad_norm_ does it)."""
+    if not norms:
+        return torch.zeros(())
+    dtype = torch.float64 if any(n.dtype == torch.float64 for n in norms) else torch.float32
+    stacked = torch.stack([n.to(dtype) for n in norms])
+    return torch.linalg.vector_norm(stacked, norm_type)
+
+
+class GradStats:
+    """Per-tensor gradient statistics of one step, computed on first use and cached.
+
+    ``params`` and ``grads`` are aligned lists; policies refer to tensors by index.
+
+    >>> g = [torch.tensor([3.0, 4.0]), torch.tensor([0.0])]
+    >>> stats = GradStats([torch.zeros(2), torch.zeros(1)], g)
+    >>> stats.total_norm([0, 1])
+    tensor(5.)
+    """
+
+    def __init__(self, params: list[Tensor], grads: list[Tensor]) -> None:
+        self.params = params
+        self.grads = grads
+        self._norms: dict[float, list[Tensor]] = {}
+        self._units: dict[int, Tensor] = {}
+
+    def norms(self, norm_type: float = 2.0) -> list[Tensor]:
+        """The ``norm_type``-norm of every gradient (0-d tensors, float32 or float64)."""
+        key = float(norm_type)
+        cached = self._norms.get(key)
+        if cached is None:
+            cached = self._compute_norms(key)
+            self._norms[key] = cached
+        return cached
+
+    def _compute_norms(self, norm_type: float) -> list[Tensor]:
+        out: list[Tensor | None] = [None] * len(self.grads)
+        # One multi-tensor kernel per (device, dtype) bucket where torch has it.
+        buckets: dict[tuple[torch.device, torch.dtype], list[int]] = {}
+        for i, g in enumerate(self.grads):
+            buckets.setdefault((g.device, g.dtype), []).append(i)
+        for (_, dtype), idx in buckets.items():
+            tensors = [self.grads[i] for i in idx]
+            if dtype in (torch.float32, torch.float64) and norm_type in (1.0, 2.0, math.inf):
+                norms = list(torch._foreach_norm(tensors, norm_type))
+            else:
+                norms = [
+                    torch.linalg.vector_norm(t, norm_type, dtype=_norm_dtype(t)) for t in tensors
+                ]
+            for i, n in zip(idx, norms, strict=True):
+                out[i] = n
+        return [n for n in out if n is not None]
+
+    def total_norm(self, idx: list[int], norm_type: float = 2.0) -> Tensor:
+        """The ``norm_type``-norm of the gradients at ``idx`` taken together."""
+        norms = self.norms(norm_type)
+        return combine_norms([norms[i] for i in idx], norm_type)
+
+    def unit_norms(self, i: int) -> Tensor:
+        """Unit-wise gradient norms of tensor ``i`` (see :func:`unitwise_norm`)."""
+        cached = self._units.get(i)
+        if cached is None:
+            cached = unitwise_norm(self.grads[i])
+            self._units[i] = cached
+        return cached

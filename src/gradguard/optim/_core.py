@@ -1,0 +1,283 @@
+"""What every guarded step shares: gathering the gradients, asking the clip policies, deciding
+the non-finite skip, counting, and the error after too many skipped steps in a row.
+
+Used by gradguard's own optimizers (:mod:`gradguard.optim._base`) and by :func:`gradguard.guard`
+around any other optimizer. Nothing on a healthy step reads a value on the host.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, NamedTuple
+
+import torch
+from torch import Tensor
+
+from .._validation import check_choice
+from ..clip import ClipPolicy, GradStats, resolve
+from ..errors import NonFiniteGradientError
+
+NONFINITE_MODES = ("skip", "raise", "off")
+
+
+class StepRecord(NamedTuple):
+    """What the last step did, as 0-d tensors that nobody has to read.
+
+    ``grad_norm``: total L2 norm of the gradients before clipping; ``clip_scale``: the smallest
+    factor clipping applied to any gradient entry (1 when nothing was clipped); ``clipped``:
+    whether clipping changed the gradients of an applied step; ``skipped``: whether the step was
+    skipped because a gradient was not finite.
+    """
+
+    grad_norm: Tensor
+    clip_scale: Tensor
+    clipped: Tensor
+    skipped: Tensor
+
+
+@dataclass
+class StepPlan:
+    """The gradients of one step and what to do with them."""
+
+    params: list[Tensor]
+    grads: list[Tensor]
+    owners: list[int]  # param-group index of each entry
+    scales: list[Tensor | None]
+    clamps: list[float | None]
+    skip: Tensor | None
+    stats: GradStats
+    record: StepRecord
+
+    def effective_grad(self, k: int) -> Tensor:
+        """The clipped gradient of entry ``k``, computed on the fly (the .grad is not changed)."""
+        g = self.grads[k]
+        scale = self.scales[k]
+        if scale is not None:
+            g = g * scale.to(g.dtype)
+        clamp = self.clamps[k]
+        if clamp is not None:
+            g = g.clamp(-clamp, clamp)
+        return g
+
+
+def commit(dst: Tensor, new: Tensor, skip: Tensor | None) -> None:
+    """Write ``new`` into ``dst``, or keep ``dst`` where ``skip`` is true (no host read)."""
+    if skip is None:
+        dst.copy_(new)
+    else:
+        dst.copy_(torch.where(skip, dst, new))
+
+
+class _HostMirror:
+    """A host copy of a small device counter, refreshed without waiting for the device.
+
+    On CUDA the copy goes to pinned memory with ``non_blocking=True`` and is read only once its
+    event has completed; on the CPU the copy is complete when it returns. Either way, reading it
+    never blocks a step.
+    """
+
+    def __init__(self, device: torch.device) -> None:
+        self.device = device
+        self.host = torch.zeros((), dtype=torch.int64, pin_memory=device.type == "cuda")
+        self.event: Any = None
+        self.fresh = False
+
+    def push(self, value: Tensor) -> None:
+        self.host.copy_(value.detach(), non_blocking=True)
+        if self.device.type == "cuda":
+            self.event = torch.cuda.Event()
+            self.event.record()
+        self.fresh = True
+
+    def peek(self) -> int | None:
+        """The last pushed value if its copy has completed, else None."""
+        if not self.fresh or (self.event is not None and not self.event.query()):
+            return None
+        self.fresh = False
+        return int(self.host.numpy())
+
+
+def param_names(param_groups: list[dict[str, Any]]) -> dict[int, str]:
+    """Names by ``id(param)``: the names given with ``named_parameters()``, else positions."""
+    names: dict[int, str] = {}
+    for gi, group in enumerate(param_groups):
+        given = group.get("param_names")
+        for pi, p in enumerate(group["params"]):
+            if given is not None and pi < len(given):
+                names[id(p)] = str(given[pi])
+            else:
+                names[id(p)] = f"param_groups[{gi}]['params'][{pi}] (shape {tuple(p.shape)})"
+    return names
+
+
+class GuardCore:
+    """Clip policies, non-finite guard and counters of one optimizer."""
+
+    def __init__(self, clip: ClipPolicy | str | None, nonfinite: str,
+                 max_consecutive_skips: int) -> None:
+        check_choice("nonfinite", nonfinite, NONFINITE_MODES)
+        if (isinstance(max_consecutive_skips, bool) or not isinstance(max_consecutive_skips, int)
+                or max_consecutive_skips < 1):
+            raise ValueError(f"Invalid max_consecutive_skips: {max_consecutive_skips!r}; must be "
+                             "an integer >= 1")
+        self.clip = resolve(clip, "clip")
+        self.nonfinite = nonfinite
+        self.max_consecutive_skips = max_consecutive_skips
+        self.clipped_steps: Tensor | None = None
+        self.skipped_steps: Tensor | None = None
+        self.consecutive_skips: Tensor | None = None
+        self.last_step: StepRecord | None = None
+        self._mirror: _HostMirror | None = None
+
+    # -- policies -------------------------------------------------------------------------
+    def policy_of(self, group: dict[str, Any]) -> ClipPolicy | None:
+        """A group's own ``clip`` if it has the key (None there means: do not clip this group),
+        else the optimizer's."""
+        if "clip" in group:
+            policy: ClipPolicy | None = group["clip"]
+            return policy
+        return self.clip
+
+    # -- a step -----------------------------------------------------------------------------
+    def plan(self, param_groups: list[dict[str, Any]]) -> StepPlan | None:
+        """Gather the gradients, decide the clip and the skip. None when no parameter has a
+        gradient."""
+        self.poll(param_groups)
+        params: list[Tensor] = []
+        grads: list[Tensor] = []
+        owners: list[int] = []
+        for gi, group in enumerate(param_groups):
+            for p in group["params"]:
+                g = p.grad
+                if g is None:
+                    continue
+                if g.is_sparse:
+                    raise RuntimeError("gradguard optimizers do not support sparse gradients")
+                params.append(p)
+                grads.append(g)
+                owners.append(gi)
+        if not params:
+            return None
+        stats = GradStats(params, grads)
+        grad_norm = stats.total_norm(list(range(len(grads))))
+        skip = None if self.nonfinite == "off" else ~torch.isfinite(grad_norm)
+
+        buckets: dict[int, tuple[ClipPolicy, list[int]]] = {}
+        for k, gi in enumerate(owners):
+            policy = self.policy_of(param_groups[gi])
+            if policy is not None:
+                buckets.setdefault(id(policy), (policy, []))[1].append(k)
+        scales: list[Tensor | None] = [None] * len(grads)
+        clamps: list[float | None] = [None] * len(grads)
+        mins: list[Tensor] = []
+        for policy, idx in buckets.values():
+            decision = policy.decide(stats, idx, skip)
+            for k, s in zip(idx, decision.scales, strict=True):
+                scales[k] = s
+                clamps[k] = decision.clamp
+            mins.append(decision.min_scale.to(torch.float32))
+        device = grad_norm.device
+        clip_scale = torch.stack(mins).min() if mins else torch.ones((), device=device)
+        clipped = clip_scale < 1
+        if skip is not None:
+            clipped = clipped & ~skip
+        skipped = skip if skip is not None else torch.zeros((), dtype=torch.bool, device=device)
+        record = StepRecord(grad_norm.to(torch.float32), clip_scale, clipped, skipped)
+        return StepPlan(params, grads, owners, scales, clamps, skip, stats, record)
+
+    def finish(self, plan: StepPlan, param_groups: list[dict[str, Any]]) -> None:
+        """Count the step, publish ``last_step``, and raise after too many skips in a row."""
+        rec = plan.record
+        device = rec.grad_norm.device
+        if self.clipped_steps is None or self.skipped_steps is None or \
+                self.consecutive_skips is None:
+            self._zero_counters(device)
+        assert self.clipped_steps is not None and self.skipped_steps is not None
+        assert self.consecutive_skips is not None
+        self.clipped_steps = self.clipped_steps + rec.clipped.to(torch.int64)
+        self.skipped_steps = self.skipped_steps + rec.skipped.to(torch.int64)
+        self.consecutive_skips = torch.where(rec.skipped, self.consecutive_skips + 1, 0)
+        self.last_step = rec
+        if self.nonfinite == "raise":
+            if bool(rec.skipped):  # the user asked for an error on every bad step: one read
+                raise self._error(plan.params, plan.stats, param_groups, 1, " (nonfinite='raise')")
+        elif self.nonfinite == "skip":
+            if self._mirror is None or self._mirror.device != device:
+                self._mirror = _HostMirror(device)
+            self._mirror.push(self.consecutive_skips)
+            self.poll(param_groups, plan)
+
+    def poll(self, param_groups: list[dict[str, Any]], plan: StepPlan | None = None) -> None:
+        """Raise NonFiniteGradientError if the mirrored count of consecutive skips is too high."""
+        if self._mirror is None:
+            return
+        count = self._mirror.peek()
+        if count is not None and count >= self.max_consecutive_skips:
+            params = plan.params if plan is not None else [
+                p for g in param_groups for p in g["params"] if p.grad is not None]
+            stats = plan.stats if plan is not None else GradStats(
+                params, [p.grad for p in params if p.grad is not None])
+            raise self._error(params, stats, param_groups, count, "")
+
+    def _error(self, params: list[Tensor], stats: GradStats, param_groups: list[dict[str, Any]],
+               count: int, reason: str) -> NonFiniteGradientError:
+        names = param_names(param_groups)
+        norms = stats.norms()
+        bad = torch.stack([~torch.isfinite(n) for n in norms]).cpu().tolist()
+        return NonFiniteGradientError(
+            [names[id(p)] for p, b in zip(params, bad, strict=True) if b], count, reason)
+
+    def _zero_counters(self, device: torch.device) -> None:
+        zero = torch.zeros((), dtype=torch.int64, device=device)
+        self.clipped_steps, self.skipped_steps, self.consecutive_skips = zero, zero, zero
+
+    # -- state ------------------------------------------------------------------------------
+    def state_dict(self, param_groups: list[dict[str, Any]]) -> dict[str, Any]:
+        if self.clipped_steps is None:
+            self._zero_counters(torch.device("cpu"))
+        group_clip = {}
+        for gi, group in enumerate(param_groups):
+            policy = group.get("clip")
+            if policy is not None:
+                group_clip[gi] = policy.state_dict()
+        return {
+            "clipped_steps": self.clipped_steps,
+            "skipped_steps": self.skipped_steps,
+            "consecutive_skips": self.consecutive_skips,
+            "clip": self.clip.state_dict() if self.clip is not None else {},
+            "group_clip": group_clip,
+        }
+
+    def load_state_dict(self, extra: dict[str, Any] | None,
+                        param_groups: list[dict[str, Any]]) -> None:
+        if not extra:
+            self._zero_counters(torch.device("cpu"))
+            return
+        self.clipped_steps = extra["clipped_steps"].clone()
+        self.skipped_steps = extra["skipped_steps"].clone()
+        self.consecutive_skips = extra.get("consecutive_skips",
+                                           torch.zeros((), dtype=torch.int64)).clone()
+        if self.clip is not None:
+            self.clip.load_state_dict(extra.get("clip", {}))
+        for gi, sd in extra.get("group_clip", {}).items():
+            policy = param_groups[int(gi)].get("clip")
+            if policy is not None:
+                policy.load_state_dict(sd)
+
+
+def export_groups(groups: list[dict[str, Any]]) -> None:
+    """Replace clip policy objects in packed param groups by their spec strings (in place)."""
+    for g in groups:
+        if "clip" in g and isinstance(g["clip"], ClipPolicy):
+            g["clip"] = g["clip"].spec
+
+
+def restore_group_clips(param_groups: list[dict[str, Any]],
+                        before: list[tuple[bool, ClipPolicy | None]]) -> None:
+    """After torch's load_state_dict replaced our groups: keep the policy objects the user gave
+    (their state is loaded separately), and parse saved specs for groups that had none."""
+    for group, (had, policy) in zip(param_groups, before, strict=True):
+        if had:
+            group["clip"] = policy
+        elif "clip" in group:
+            group["clip"] = resolve(group["clip"], "param group clip")

@@ -1,0 +1,591 @@
+"""The optimizers users construct. The math lives in :mod:`gradguard.rules`.
+
+Where torch.optim has the optimizer, the constructor takes the same arguments with the same
+defaults, param groups carry the same keys and the state the same entries, so checkpoints move
+between ``torch.optim.X`` and ``gradguard.X`` both ways. Every optimizer also takes:
+
+``clip``
+    a :mod:`gradguard.clip` policy, a spec string (``"global_norm:1"``, ``"agc:0.01"``, ...) or
+    None. A param group may carry its own ``"clip"`` (None there: do not clip that group).
+``nonfinite``
+    ``"skip"`` (default): a step whose gradients hold NaN or Inf changes nothing and is counted;
+    after ``max_consecutive_skips`` such steps in a row the step raises
+    :class:`gradguard.NonFiniteGradientError`. ``"raise"``: raise at the first bad step (this
+    reads one flag on the host per step). ``"off"``: no check.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from .. import rules
+from .._validation import (
+    check_betas,
+    check_lr,
+    check_nonneg,
+    check_unit_interval,
+)
+from ..clip import ClipPolicy
+from ._base import GuardedOptimizer
+
+__all__ = ["LAMB", "LARS", "SGD", "Adadelta", "Adagrad", "Adam", "AdamW", "Adamax", "Lion",
+           "NAdam", "RMSprop"]
+
+Params = Iterable[Any]
+ClipArg = ClipPolicy | str | None
+
+
+def _check_lr(lr: float | Tensor) -> None:
+    if isinstance(lr, Tensor) and lr.numel() != 1:
+        raise ValueError(f"Invalid lr (learning rate): a tensor lr must have one element, got "
+                         f"shape {tuple(lr.shape)}")
+    check_lr(lr)
+
+
+class SGD(GuardedOptimizer):
+    r"""Stochastic gradient descent, with momentum and Nesterov momentum.
+
+    .. math::
+        g \leftarrow g + \lambda\theta, \quad
+        b \leftarrow \mu b + (1-\tau) g, \quad
+        \theta \leftarrow \theta - \eta\,(g + \mu b \text{ if nesterov else } b)
+
+    >>> w = torch.nn.Parameter(torch.tensor([1.0, 2.0]))
+    >>> opt = SGD([w], lr=0.1, momentum=0.9, clip="global_norm:1")
+    >>> w.grad = torch.tensor([30.0, 40.0])
+    >>> opt.step(); w.detach()
+    tensor([0.9400, 1.9200])
+    >>> opt.last_step.clipped
+    tensor(True)
+    """
+
+    _rule = staticmethod(rules.sgd)
+
+    def __init__(
+        self,
+        params: Params,
+        lr: float | Tensor = 1e-3,
+        momentum: float = 0,
+        dampening: float = 0,
+        weight_decay: float = 0,
+        nesterov: bool = False,
+        *,
+        maximize: bool = False,
+        foreach: bool | None = None,
+        differentiable: bool = False,
+        fused: bool | None = None,
+        clip: ClipArg = None,
+        nonfinite: str = "skip",
+        max_consecutive_skips: int = 10,
+    ) -> None:
+        _check_lr(lr)
+        check_nonneg("momentum", momentum)
+        check_nonneg("dampening", dampening)
+        check_nonneg("weight_decay", weight_decay)
+        if nesterov and (momentum <= 0 or dampening != 0):
+            raise ValueError(f"Invalid nesterov: {nesterov}; Nesterov momentum requires "
+                             f"momentum > 0 (got {momentum}) and dampening == 0 "
+                             f"(got {dampening})")
+        defaults = {"lr": lr, "momentum": momentum, "dampening": dampening,
+                    "weight_decay": weight_decay, "nesterov": nesterov, "maximize": maximize,
+                    "foreach": foreach, "differentiable": differentiable, "fused": fused}
+        super().__init__(params, defaults, clip=clip, nonfinite=nonfinite,
+                         max_consecutive_skips=max_consecutive_skips)
+
+    def _init_state(self, p: Tensor, group: dict[str, Any]) -> dict[str, Tensor]:
+        if group["momentum"] == 0:
+            return {}
+        self._fresh[p] = torch.ones((), dtype=torch.bool, device=p.device)
+        return {"momentum_buffer": torch.zeros_like(p, memory_format=torch.preserve_format)}
+
+
+class Adam(GuardedOptimizer):
+    r"""Adam (Kingma & Ba 2014); AMSGrad with ``amsgrad=True`` (Reddi et al. 2018).
+
+    .. math::
+        m_t = \beta_1 m_{t-1} + (1-\beta_1) g_t, \quad
+        v_t = \beta_2 v_{t-1} + (1-\beta_2) g_t^2, \quad
+        \theta_t = \theta_{t-1} - \frac{\eta}{1-\beta_1^t}
+                   \frac{m_t}{\sqrt{v_t}/\sqrt{1-\beta_2^t} + \epsilon}
+
+    >>> w = torch.nn.Parameter(torch.tensor([1.0]))
+    >>> opt = Adam([w], lr=0.1)
+    >>> w.grad = torch.tensor([float("nan")])
+    >>> opt.step(); w.detach(), opt.skipped_steps   # the bad step changed nothing
+    (tensor([1.]), tensor(1))
+    >>> w.grad = torch.tensor([2.0])
+    >>> opt.step(); w.detach()
+    tensor([0.9000])
+    """
+
+    _rule = staticmethod(rules.adam)
+    _decoupled_default = False
+
+    def __init__(
+        self,
+        params: Params,
+        lr: float | Tensor = 1e-3,
+        betas: tuple[float | Tensor, float | Tensor] = (0.9, 0.999),
+        eps: float = 1e-8,
+        weight_decay: float = 0,
+        amsgrad: bool = False,
+        *,
+        foreach: bool | None = None,
+        maximize: bool = False,
+        capturable: bool = False,
+        differentiable: bool = False,
+        fused: bool | None = None,
+        decoupled_weight_decay: bool = False,
+        clip: ClipArg = None,
+        nonfinite: str = "skip",
+        max_consecutive_skips: int = 10,
+    ) -> None:
+        _check_lr(lr)
+        check_nonneg("eps", eps, "epsilon")
+        check_betas(betas)
+        check_nonneg("weight_decay", weight_decay)
+        defaults = {"lr": lr, "betas": betas, "eps": eps, "weight_decay": weight_decay,
+                    "amsgrad": amsgrad, "maximize": maximize, "foreach": foreach,
+                    "capturable": capturable, "differentiable": differentiable, "fused": fused,
+                    "decoupled_weight_decay": decoupled_weight_decay}
+        super().__init__(params, defaults, clip=clip, nonfinite=nonfinite,
+                         max_consecutive_skips=max_consecutive_skips)
+
+    def _init_state(self, p: Tensor, group: dict[str, Any]) -> dict[str, Tensor]:
+        state = {"step": self._step_tensor(p),
+                 "exp_avg": torch.zeros_like(p, memory_format=torch.preserve_format),
+                 "exp_avg_sq": torch.zeros_like(p, memory_format=torch.preserve_format)}
+        if group["amsgrad"]:
+            state["max_exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+        return state
+
+
+class AdamW(Adam):
+    r"""AdamW: Adam with decoupled weight decay (Loshchilov & Hutter 2019).
+
+    .. math:: \theta_{t-1} \leftarrow (1 - \eta\lambda)\,\theta_{t-1}
+              \text{, then the Adam update}
+
+    >>> w = torch.nn.Parameter(torch.ones(3))
+    >>> opt = AdamW([w], lr=0.01, weight_decay=0.1, clip="agc:0.01")
+    >>> w.grad = torch.ones(3)
+    >>> opt.step(); w.detach()
+    tensor([0.9890, 0.9890, 0.9890])
+    """
+
+    def __init__(
+        self,
+        params: Params,
+        lr: float | Tensor = 1e-3,
+        betas: tuple[float | Tensor, float | Tensor] = (0.9, 0.999),
+        eps: float = 1e-8,
+        weight_decay: float = 1e-2,
+        amsgrad: bool = False,
+        *,
+        maximize: bool = False,
+        foreach: bool | None = None,
+        capturable: bool = False,
+        differentiable: bool = False,
+        fused: bool | None = None,
+        clip: ClipArg = None,
+        nonfinite: str = "skip",
+        max_consecutive_skips: int = 10,
+    ) -> None:
+        super().__init__(params, lr, betas, eps, weight_decay, amsgrad, foreach=foreach,
+                         maximize=maximize, capturable=capturable,
+                         differentiable=differentiable, fused=fused,
+                         decoupled_weight_decay=True, clip=clip, nonfinite=nonfinite,
+                         max_consecutive_skips=max_consecutive_skips)
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        super().__setstate__(state)
+        for group in self.param_groups:
+            group["decoupled_weight_decay"] = True
+
+
+class NAdam(GuardedOptimizer):
+    r"""NAdam: Adam with Nesterov momentum (Dozat 2016), momentum schedule
+    :math:`\mu_t = \beta_1(1 - \frac12 0.96^{t\psi})`; ``decoupled_weight_decay`` gives
+    NAdamW. See :func:`gradguard.rules.nadam` for the update.
+
+    >>> w = torch.nn.Parameter(torch.zeros(2))
+    >>> opt = NAdam([w], lr=0.01, clip="value:0.5")
+    >>> w.grad = torch.tensor([1.0, -1.0])
+    >>> opt.step(); w.detach()
+    tensor([-0.0106,  0.0106])
+    """
+
+    _rule = staticmethod(rules.nadam)
+
+    def __init__(
+        self,
+        params: Params,
+        lr: float | Tensor = 2e-3,
+        betas: tuple[float, float] = (0.9, 0.999),
+        eps: float = 1e-8,
+        weight_decay: float = 0,
+        momentum_decay: float = 4e-3,
+        decoupled_weight_decay: bool = False,
+        *,
+        foreach: bool | None = None,
+        maximize: bool = False,
+        capturable: bool = False,
+        differentiable: bool = False,
+        clip: ClipArg = None,
+        nonfinite: str = "skip",
+        max_consecutive_skips: int = 10,
+    ) -> None:
+        _check_lr(lr)
+        check_nonneg("eps", eps, "epsilon")
+        check_betas(betas)
+        check_nonneg("weight_decay", weight_decay)
+        check_nonneg("momentum_decay", momentum_decay)
+        defaults = {"lr": lr, "betas": betas, "eps": eps, "weight_decay": weight_decay,
+                    "momentum_decay": momentum_decay,
+                    "decoupled_weight_decay": decoupled_weight_decay, "maximize": maximize,
+                    "foreach": foreach, "capturable": capturable,
+                    "differentiable": differentiable}
+        super().__init__(params, defaults, clip=clip, nonfinite=nonfinite,
+                         max_consecutive_skips=max_consecutive_skips)
+
+    def _init_state(self, p: Tensor, group: dict[str, Any]) -> dict[str, Tensor]:
+        return {"step": self._step_tensor(p),
+                "mu_product": torch.ones((), dtype=torch.float32, device=p.device),
+                "exp_avg": torch.zeros_like(p, memory_format=torch.preserve_format),
+                "exp_avg_sq": torch.zeros_like(p, memory_format=torch.preserve_format)}
+
+
+class Adamax(GuardedOptimizer):
+    r"""Adamax, Adam with the infinity norm (Kingma & Ba 2014, section 7).
+
+    .. math:: u_t = \max(\beta_2 u_{t-1}, |g_t| + \epsilon), \quad
+              \theta_t = \theta_{t-1} - \frac{\eta}{1-\beta_1^t}\frac{m_t}{u_t}
+
+    >>> w = torch.nn.Parameter(torch.zeros(1))
+    >>> opt = Adamax([w], lr=0.1)
+    >>> w.grad = torch.tensor([3.0])
+    >>> opt.step(); w.detach()
+    tensor([-0.1000])
+    """
+
+    _rule = staticmethod(rules.adamax)
+
+    def __init__(
+        self,
+        params: Params,
+        lr: float | Tensor = 2e-3,
+        betas: tuple[float, float] = (0.9, 0.999),
+        eps: float = 1e-8,
+        weight_decay: float = 0,
+        foreach: bool | None = None,
+        *,
+        maximize: bool = False,
+        differentiable: bool = False,
+        capturable: bool = False,
+        clip: ClipArg = None,
+        nonfinite: str = "skip",
+        max_consecutive_skips: int = 10,
+    ) -> None:
+        _check_lr(lr)
+        check_nonneg("eps", eps, "epsilon")
+        check_betas(betas)
+        check_nonneg("weight_decay", weight_decay)
+        defaults = {"lr": lr, "betas": betas, "eps": eps, "weight_decay": weight_decay,
+                    "foreach": foreach, "maximize": maximize, "differentiable": differentiable,
+                    "capturable": capturable}
+        super().__init__(params, defaults, clip=clip, nonfinite=nonfinite,
+                         max_consecutive_skips=max_consecutive_skips)
+
+    def _init_state(self, p: Tensor, group: dict[str, Any]) -> dict[str, Tensor]:
+        return {"step": self._step_tensor(p),
+                "exp_avg": torch.zeros_like(p, memory_format=torch.preserve_format),
+                "exp_inf": torch.zeros_like(p, memory_format=torch.preserve_format)}
+
+
+class RMSprop(GuardedOptimizer):
+    r"""RMSprop (Tieleman & Hinton 2012); ``centered`` subtracts the squared mean gradient
+    (Graves 2013); ``momentum`` adds a momentum buffer.
+
+    .. math:: v_t = \alpha v_{t-1} + (1-\alpha) g_t^2, \quad
+              \theta_t = \theta_{t-1} - \eta\,\frac{g_t}{\sqrt{v_t} + \epsilon}
+
+    >>> w = torch.nn.Parameter(torch.zeros(1))
+    >>> opt = RMSprop([w], lr=0.01)
+    >>> w.grad = torch.tensor([1.0])
+    >>> opt.step(); w.detach()
+    tensor([-0.1000])
+    """
+
+    _rule = staticmethod(rules.rmsprop)
+
+    def __init__(
+        self,
+        params: Params,
+        lr: float | Tensor = 1e-2,
+        alpha: float = 0.99,
+        eps: float = 1e-8,
+        weight_decay: float = 0,
+        momentum: float = 0,
+        centered: bool = False,
+        capturable: bool = False,
+        foreach: bool | None = None,
+        maximize: bool = False,
+        differentiable: bool = False,
+        *,
+        clip: ClipArg = None,
+        nonfinite: str = "skip",
+        max_consecutive_skips: int = 10,
+    ) -> None:
+        _check_lr(lr)
+        check_nonneg("eps", eps, "epsilon")
+        check_nonneg("momentum", momentum)
+        check_nonneg("weight_decay", weight_decay)
+        check_unit_interval("alpha", alpha, closed_right=True)
+        defaults = {"lr": lr, "momentum": momentum, "alpha": alpha, "eps": eps,
+                    "centered": centered, "weight_decay": weight_decay,
+                    "capturable": capturable, "foreach": foreach, "maximize": maximize,
+                    "differentiable": differentiable}
+        super().__init__(params, defaults, clip=clip, nonfinite=nonfinite,
+                         max_consecutive_skips=max_consecutive_skips)
+
+    def _init_state(self, p: Tensor, group: dict[str, Any]) -> dict[str, Tensor]:
+        state = {"step": self._step_tensor(p),
+                 "square_avg": torch.zeros_like(p, memory_format=torch.preserve_format)}
+        if group["momentum"] > 0:
+            state["momentum_buffer"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+        if group["centered"]:
+            state["grad_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+        return state
+
+
+class Adagrad(GuardedOptimizer):
+    r"""Adagrad (Duchi et al. 2011).
+
+    .. math:: s_t = s_{t-1} + g_t^2, \quad
+              \theta_t = \theta_{t-1} - \frac{\eta}{1+(t-1)\delta}\frac{g_t}{\sqrt{s_t}+\epsilon}
+
+    >>> w = torch.nn.Parameter(torch.zeros(1))
+    >>> opt = Adagrad([w], lr=0.1)
+    >>> w.grad = torch.tensor([2.0])
+    >>> opt.step(); w.detach()
+    tensor([-0.1000])
+    """
+
+    _rule = staticmethod(rules.adagrad)
+
+    def __init__(
+        self,
+        params: Params,
+        lr: float | Tensor = 1e-2,
+        lr_decay: float = 0,
+        weight_decay: float = 0,
+        initial_accumulator_value: float = 0,
+        eps: float = 1e-10,
+        foreach: bool | None = None,
+        *,
+        maximize: bool = False,
+        differentiable: bool = False,
+        fused: bool | None = None,
+        clip: ClipArg = None,
+        nonfinite: str = "skip",
+        max_consecutive_skips: int = 10,
+    ) -> None:
+        _check_lr(lr)
+        check_nonneg("lr_decay", lr_decay)
+        check_nonneg("weight_decay", weight_decay)
+        check_nonneg("initial_accumulator_value", initial_accumulator_value)
+        check_nonneg("eps", eps, "epsilon")
+        defaults = {"lr": lr, "lr_decay": lr_decay, "eps": eps, "weight_decay": weight_decay,
+                    "initial_accumulator_value": initial_accumulator_value, "foreach": foreach,
+                    "maximize": maximize, "differentiable": differentiable, "fused": fused}
+        super().__init__(params, defaults, clip=clip, nonfinite=nonfinite,
+                         max_consecutive_skips=max_consecutive_skips)
+
+    def _init_state(self, p: Tensor, group: dict[str, Any]) -> dict[str, Tensor]:
+        init = group["initial_accumulator_value"]
+        return {"step": self._step_tensor(p),
+                "sum": torch.full_like(p, init, memory_format=torch.preserve_format)}
+
+
+class Adadelta(GuardedOptimizer):
+    r"""Adadelta (Zeiler 2012).
+
+    .. math:: v_t = \rho v_{t-1} + (1-\rho) g_t^2, \quad
+              \Delta_t = \frac{\sqrt{u_{t-1}+\epsilon}}{\sqrt{v_t+\epsilon}} g_t, \quad
+              u_t = \rho u_{t-1} + (1-\rho)\Delta_t^2, \quad \theta_t = \theta_{t-1} - \eta\Delta_t
+
+    >>> w = torch.nn.Parameter(torch.zeros(1))
+    >>> opt = Adadelta([w], lr=1.0, eps=1e-6)
+    >>> w.grad = torch.tensor([1.0])
+    >>> opt.step(); w.detach()
+    tensor([-0.0032])
+    """
+
+    _rule = staticmethod(rules.adadelta)
+
+    def __init__(
+        self,
+        params: Params,
+        lr: float | Tensor = 1.0,
+        rho: float = 0.9,
+        eps: float = 1e-6,
+        weight_decay: float = 0,
+        foreach: bool | None = None,
+        *,
+        capturable: bool = False,
+        maximize: bool = False,
+        differentiable: bool = False,
+        clip: ClipArg = None,
+        nonfinite: str = "skip",
+        max_consecutive_skips: int = 10,
+    ) -> None:
+        _check_lr(lr)
+        check_unit_interval("rho", rho, closed_right=True)
+        check_nonneg("eps", eps, "epsilon")
+        check_nonneg("weight_decay", weight_decay)
+        defaults = {"lr": lr, "rho": rho, "eps": eps, "weight_decay": weight_decay,
+                    "maximize": maximize, "capturable": capturable, "foreach": foreach,
+                    "differentiable": differentiable}
+        super().__init__(params, defaults, clip=clip, nonfinite=nonfinite,
+                         max_consecutive_skips=max_consecutive_skips)
+
+    def _init_state(self, p: Tensor, group: dict[str, Any]) -> dict[str, Tensor]:
+        return {"step": self._step_tensor(p),
+                "square_avg": torch.zeros_like(p, memory_format=torch.preserve_format),
+                "acc_delta": torch.zeros_like(p, memory_format=torch.preserve_format)}
+
+
+class LARS(GuardedOptimizer):
+    r"""LARS, layer-wise adaptive rate scaling (You, Gitman & Ginsburg 2017, Algorithm 1).
+
+    .. math::
+        \lambda^l = \eta_{tc}\frac{\|w^l\|}{\|\nabla L(w^l)\| + \beta\|w^l\|}, \quad
+        v^l \leftarrow m v^l + \gamma\lambda^l(\nabla L(w^l) + \beta w^l), \quad
+        w^l \leftarrow w^l - v^l
+
+    ``exclude_bias_and_norm=True`` gives vectors (biases, norm weights) plain momentum SGD
+    without weight decay, as in the SimCLR/BYOL recipes.
+
+    >>> w = torch.nn.Parameter(torch.full((2, 2), 1.0))
+    >>> opt = LARS([w], lr=1.0, momentum=0.9)
+    >>> w.grad = torch.full((2, 2), 0.5)
+    >>> opt.step(); w.detach()
+    tensor([[0.9990, 0.9990],
+            [0.9990, 0.9990]])
+    """
+
+    _rule = staticmethod(rules.lars)
+
+    def __init__(
+        self,
+        params: Params,
+        lr: float | Tensor = 1.0,
+        momentum: float = 0.9,
+        weight_decay: float = 0.0,
+        trust_coefficient: float = 1e-3,
+        exclude_bias_and_norm: bool = False,
+        *,
+        maximize: bool = False,
+        clip: ClipArg = None,
+        nonfinite: str = "skip",
+        max_consecutive_skips: int = 10,
+    ) -> None:
+        _check_lr(lr)
+        check_unit_interval("momentum", momentum)
+        check_nonneg("weight_decay", weight_decay)
+        check_nonneg("trust_coefficient", trust_coefficient)
+        defaults = {"lr": lr, "momentum": momentum, "weight_decay": weight_decay,
+                    "trust_coefficient": trust_coefficient,
+                    "exclude_bias_and_norm": exclude_bias_and_norm, "maximize": maximize}
+        super().__init__(params, defaults, clip=clip, nonfinite=nonfinite,
+                         max_consecutive_skips=max_consecutive_skips)
+
+    def _init_state(self, p: Tensor, group: dict[str, Any]) -> dict[str, Tensor]:
+        return {"momentum_buffer": torch.zeros_like(p, memory_format=torch.preserve_format)}
+
+
+class LAMB(GuardedOptimizer):
+    r"""LAMB, layer-wise adaptive moments (You et al. 2019, Algorithm 2).
+
+    .. math::
+        r_t = \frac{\hat m_t}{\sqrt{\hat v_t}+\epsilon}, \quad u_t = r_t + \lambda\theta, \quad
+        \theta \leftarrow \theta - \eta\frac{\|\theta\|}{\|u_t\|}u_t
+
+    >>> w = torch.nn.Parameter(torch.tensor([3.0, 4.0]))
+    >>> opt = LAMB([w], lr=0.1)
+    >>> w.grad = torch.tensor([1.0, 1.0])
+    >>> opt.step(); w.detach()
+    tensor([2.6464, 3.6464])
+    """
+
+    _rule = staticmethod(rules.lamb)
+
+    def __init__(
+        self,
+        params: Params,
+        lr: float | Tensor = 1e-3,
+        betas: tuple[float, float] = (0.9, 0.999),
+        eps: float = 1e-6,
+        weight_decay: float = 0.0,
+        *,
+        maximize: bool = False,
+        clip: ClipArg = None,
+        nonfinite: str = "skip",
+        max_consecutive_skips: int = 10,
+    ) -> None:
+        _check_lr(lr)
+        check_nonneg("eps", eps, "epsilon")
+        check_betas(betas)
+        check_nonneg("weight_decay", weight_decay)
+        defaults = {"lr": lr, "betas": betas, "eps": eps, "weight_decay": weight_decay,
+                    "maximize": maximize}
+        super().__init__(params, defaults, clip=clip, nonfinite=nonfinite,
+                         max_consecutive_skips=max_consecutive_skips)
+
+    def _init_state(self, p: Tensor, group: dict[str, Any]) -> dict[str, Tensor]:
+        return {"step": self._step_tensor(p),
+                "exp_avg": torch.zeros_like(p, memory_format=torch.preserve_format),
+                "exp_avg_sq": torch.zeros_like(p, memory_format=torch.preserve_format)}
+
+
+class Lion(GuardedOptimizer):
+    r"""Lion, evolved sign momentum (Chen et al. 2023).
+
+    .. math::
+        \theta \leftarrow \theta - \eta\left(\operatorname{sign}(\beta_1 m + (1-\beta_1)g)
+            + \lambda\theta\right), \quad m \leftarrow \beta_2 m + (1-\beta_2) g
+
+    >>> w = torch.nn.Parameter(torch.tensor([1.0, -1.0]))
+    >>> opt = Lion([w], lr=0.1)
+    >>> w.grad = torch.tensor([0.3, -2.0])
+    >>> opt.step(); w.detach()
+    tensor([ 0.9000, -0.9000])
+    """
+
+    _rule = staticmethod(rules.lion)
+
+    def __init__(
+        self,
+        params: Params,
+        lr: float | Tensor = 1e-4,
+        betas: tuple[float, float] = (0.9, 0.99),
+        weight_decay: float = 0.0,
+        *,
+        maximize: bool = False,
+        clip: ClipArg = None,
+        nonfinite: str = "skip",
+        max_consecutive_skips: int = 10,
+    ) -> None:
+        _check_lr(lr)
+        check_betas(betas)
+        check_nonneg("weight_decay", weight_decay)
+        defaults = {"lr": lr, "betas": betas, "weight_decay": weight_decay, "maximize": maximize}
+        super().__init__(params, defaults, clip=clip, nonfinite=nonfinite,
+                         max_consecutive_skips=max_consecutive_skips)
+
+    def _init_state(self, p: Tensor, group: dict[str, Any]) -> dict[str, Tensor]:
+        return {"exp_avg": torch.zeros_like(p, memory_format=torch.preserve_format)}
