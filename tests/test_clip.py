@@ -10,16 +10,14 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
-from helpers import save_load, total_norm64
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 from torch import nn
 
 from gradguard import clip as gclip
+from helpers import save_load, total_norm64
 
-PROPERTY = settings(
-    max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow]
-)
+PROPERTY = settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
 # --------------------------------------------------------------------------------------
 # Strategies and helpers
@@ -63,10 +61,14 @@ def cosine(a: torch.Tensor, b: torch.Tensor) -> float:
     return float(a64 @ b64 / (a64.norm() * b64.norm()))
 
 
-def assert_same_direction(before: list[torch.Tensor], after: list[torch.Tensor]) -> None:
+def assert_same_direction(
+    before: list[torch.Tensor], after: list[torch.Tensor], *, globally: bool = True
+) -> None:
     for b, a in zip(before, after, strict=True):
         if float(b.double().norm()) > 0:
             assert cosine(b, a) == pytest.approx(1.0, abs=1e-5)
+    if not globally:
+        return
     flat_b = torch.cat([t.reshape(-1) for t in before])
     flat_a = torch.cat([t.reshape(-1) for t in after])
     assert cosine(flat_b, flat_a) == pytest.approx(1.0, abs=1e-5)
@@ -105,10 +107,12 @@ def test_global_norm_matches_torch_and_invariants(
     assert new_total <= c * (1 + 1e-5)
     assert_same_direction(before, after)
 
+    # Clipping again changes nothing more, up to torch's 1e-6 in c / (norm + 1e-6): a norm
+    # just clipped to c * n / (n + 1e-6) is scaled once more by at most c / (c + 1e-6).
     again = gclip.GlobalNorm(c, norm_type=norm_type).clip_(params)
     assert float(again) == pytest.approx(total_norm64(after), rel=1e-5)
     for a, a2 in zip(after, grads(params), strict=True):
-        torch.testing.assert_close(a2, a, rtol=1e-5, atol=0)
+        torch.testing.assert_close(a2, a, rtol=1e-5 + 1e-6 / c, atol=0)
 
 
 @PROPERTY
@@ -120,7 +124,6 @@ def test_norm_clips_each_tensor_separately(params: list[nn.Parameter], c: float)
     assert float(returned) == pytest.approx(total_norm64(before), rel=1e-5)
     for b, a in zip(before, after, strict=True):
         expected = b.clone()
-        torch.nn.utils.clip_grad_norm_([nn.Parameter(torch.zeros_like(b))], c)  # API sanity
         probe = nn.Parameter(torch.zeros_like(b))
         probe.grad = expected
         torch.nn.utils.clip_grad_norm_([probe], c)
@@ -128,10 +131,10 @@ def test_norm_clips_each_tensor_separately(params: list[nn.Parameter], c: float)
         assert total_norm64([a]) <= c * (1 + 1e-5)
         if total_norm64([b]) < c * 0.999:
             assert torch.equal(a, b)
-    assert_same_direction(before, after)
-    gclip.Norm(c).clip_(params)
+    assert_same_direction(before, after, globally=False)  # per-tensor scales differ
+    gclip.Norm(c).clip_(params)  # again: nothing more, up to c / (c + 1e-6) as above
     for a, a2 in zip(after, grads(params), strict=True):
-        torch.testing.assert_close(a2, a, rtol=1e-5, atol=0)
+        torch.testing.assert_close(a2, a, rtol=1e-5 + 1e-6 / c, atol=0)
 
 
 @PROPERTY
@@ -144,7 +147,7 @@ def test_value_clamps_every_entry(params: list[nn.Parameter], c: float) -> None:
     assert float(returned) == pytest.approx(total_norm64(before), rel=1e-5)
     for a, b, t in zip(grads(params), before, grads(torch_params), strict=True):
         assert torch.equal(a, t)
-        assert float(a.abs().max()) <= c
+        assert float(a.abs().max()) <= float(torch.tensor(c))  # c rounded to float32
         inside = b.abs() <= c
         assert torch.equal(a[inside], b[inside])
 
@@ -209,16 +212,21 @@ def test_no_clip_changes_nothing(params: list[nn.Parameter]) -> None:
 # --------------------------------------------------------------------------------------
 
 
-def feed(policy: Any, norms: list[float], seed: int) -> tuple[list[float], list[float], list[float]]:
-    """Feed gradients with the given total norms (two tensors, random direction each step).
+def feed(
+    policy: Any, norms: list[float], seed: int, start: int = 0
+) -> tuple[list[float], list[float], list[float]]:
+    """Feed gradients with the given total norms (two tensors, a random direction each step);
+    the first ``start`` steps only advance the random directions and are not fed.
 
     Returns the actual float64 norms fed, the policy's last_threshold after each call and the
     norm of the gradient after clipping."""
     gen = torch.Generator().manual_seed(seed)
     params = [nn.Parameter(torch.zeros(4, 5)), nn.Parameter(torch.zeros(7))]
     fed, thresholds, clipped = [], [], []
-    for target in norms:
+    for i, target in enumerate(norms):
         direction = [torch.randn(p.shape, generator=gen, dtype=torch.float64) for p in params]
+        if i < start:
+            continue
         scale = target / total_norm64(direction)
         for p, d in zip(params, direction, strict=True):
             p.grad = (d * scale).float()
@@ -312,7 +320,7 @@ def norm_sequences(draw: st.DrawFn, max_len: int = 40) -> list[float]:
 @PROPERTY
 @given(
     norms=norm_sequences(),
-    percentile=st.floats(0, 100),
+    percentile=st.floats(0.5, 100),
     history=st.one_of(st.none(), st.integers(1, 12)),
     seed=st.integers(0, 1000),
 )
@@ -388,33 +396,13 @@ def test_stateful_policy_state_dict_round_trip(
     sd = save_load(sd) if via_torch_save else sd
     second = make()
     second.load_state_dict(sd)
-    # continue the same random directions: replay the generator past the first 8 steps
-    _, got, got_clipped = _feed_from(second, norms, start=8, seed=3)
+    _, got, got_clipped = feed(second, norms, seed=3, start=8)
     assert got == expected[8:]
     assert got_clipped == expected_clipped[8:]
     assert any(not math.isinf(t) for t in expected[8:])
-
-
-def _feed_from(
-    policy: Any, norms: list[float], start: int, seed: int
-) -> tuple[list[float], list[float], list[float]]:
-    """Like ``feed`` but skips the first ``start`` calls (advancing the same generator)."""
-
-    class _Skip:
-        calls = 0
-        last_threshold = torch.tensor(0.0)
-
-        def clip_(self, params: list[nn.Parameter]) -> torch.Tensor:
-            self.calls += 1
-            target = policy if self.calls > start else None
-            if target is None:
-                return torch.tensor(total_norm64(grads(params)))
-            out = target.clip_(params)
-            self.last_threshold = target.last_threshold
-            return out
-
-    fed, got, clipped = feed(_Skip(), norms, seed)
-    return fed[start:], got[start:], clipped[start:]
+    # the loaded state matters: a fresh policy fed the same steps behaves differently
+    _, fresh, _ = feed(make(), norms, seed=3, start=8)
+    assert fresh != expected[8:]
 
 
 # --------------------------------------------------------------------------------------
@@ -464,7 +452,10 @@ def _behaviour(policy: Any, seed: int = 0) -> list[torch.Tensor]:
     """Clipped gradients and thresholds over a short spiky sequence."""
     norms = [1.0, 1.2, 0.8, 1.1, 0.9, 1.0, 8.0, 1.0, 0.5, 12.0, 1.0, 0.7] * 2
     gen = torch.Generator().manual_seed(seed)
-    params = [nn.Parameter(torch.randn(3, 4, generator=gen)), nn.Parameter(torch.randn(4))]
+    params = [
+        nn.Parameter(torch.randn(3, 4, generator=gen)),
+        nn.Parameter(torch.randn(4, generator=gen)),
+    ]
     out = []
     for n in norms:
         for p in params:

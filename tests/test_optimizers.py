@@ -10,12 +10,15 @@ from typing import Any
 
 import pytest
 import torch
+from torch import nn
+
+import gradguard
+from gradguard import clip as gclip
 from helpers import (
     STEPS,
     assert_params_close,
     assert_params_equal,
     assert_states_close,
-    assert_tensors_close,
     assert_tree_equal,
     clone_params,
     compute_grads,
@@ -37,10 +40,6 @@ from optim_table import (
     invalid_params,
     loss_sign,
 )
-from torch import nn
-
-import gradguard
-from gradguard import clip as gclip
 
 
 def _lockstep(
@@ -113,13 +112,16 @@ def test_trajectory_matches_reference(entry: OptimizerEntry, config: dict[str, A
     opt_a = entry.make(model_a.parameters(), **config)
     opt_b = entry.reference(model_b.parameters(), **config)
     _lockstep(
-        entry.tolerance, model_a, opt_a, model_b, opt_b, make_batches(STEPS, dtype=entry.dtype),
+        entry.tolerance,
+        model_a,
+        opt_a,
+        model_b,
+        opt_b,
+        make_batches(STEPS, dtype=entry.dtype),
         sign=loss_sign(config),
     )
     _assert_moved(start, model_b)
-    assert_states_close(
-        opt_a, model_a.parameters(), opt_b, model_b.parameters(), **entry.tolerance
-    )
+    assert_states_close(opt_a, model_a.parameters(), opt_b, model_b.parameters(), **entry.tolerance)
     for ga, gb in zip(opt_a.param_groups, opt_b.param_groups, strict=True):
         for key, value in gb.items():
             if key != "params":
@@ -132,11 +134,9 @@ def test_trajectory_matches_torch_in_float64(entry: OptimizerEntry) -> None:
     model_b = copy.deepcopy(model_a)
     opt_a = entry.make(model_a.parameters(), **entry.main)
     opt_b = entry.reference(model_b.parameters(), **entry.main)
-    tol = {"rtol": 1e-9, "atol": 1e-12}
+    tol = entry.fp64_tolerance
     _lockstep(tol, model_a, opt_a, model_b, opt_b, make_batches(STEPS, dtype=torch.float64))
-    assert_states_close(
-        opt_a, model_a.parameters(), opt_b, model_b.parameters(), rtol=1e-9, atol=1e-12
-    )
+    assert_states_close(opt_a, model_a.parameters(), opt_b, model_b.parameters(), **tol)
 
 
 @pytest.mark.parametrize("as_object", [False, True], ids=["spec", "policy"])
@@ -149,13 +149,16 @@ def test_trajectory_with_global_norm_clip(entry: OptimizerEntry, as_object: bool
     opt_a = entry.make(model_a.parameters(), clip=clip, **entry.main)
     opt_b = entry.reference(model_b.parameters(), **entry.main)
     _lockstep(
-        entry.tolerance, model_a, opt_a, model_b, opt_b, make_batches(STEPS, dtype=entry.dtype),
+        entry.tolerance,
+        model_a,
+        opt_a,
+        model_b,
+        opt_b,
+        make_batches(STEPS, dtype=entry.dtype),
         clip_b=lambda params: torch.nn.utils.clip_grad_norm_(params, max_norm),
     )
     assert 0 < int(opt_a.clipped_steps) <= STEPS
-    assert_states_close(
-        opt_a, model_a.parameters(), opt_b, model_b.parameters(), **entry.tolerance
-    )
+    assert_states_close(opt_a, model_a.parameters(), opt_b, model_b.parameters(), **entry.tolerance)
 
 
 # --------------------------------------------------------------------------------------
@@ -289,10 +292,10 @@ def test_param_groups_match_reference(entry: OptimizerEntry) -> None:
     opt_b = entry.reference(_groups(model_b, lr), **entry.main)
     assert opt_a.param_groups[0]["lr"] == lr * 0.5
     assert opt_a.param_groups[0]["weight_decay"] == 0.05
-    _lockstep(entry.tolerance, model_a, opt_a, model_b, opt_b, make_batches(STEPS, dtype=entry.dtype))
-    assert_states_close(
-        opt_a, model_a.parameters(), opt_b, model_b.parameters(), **entry.tolerance
+    _lockstep(
+        entry.tolerance, model_a, opt_a, model_b, opt_b, make_batches(STEPS, dtype=entry.dtype)
     )
+    assert_states_close(opt_a, model_a.parameters(), opt_b, model_b.parameters(), **entry.tolerance)
 
 
 @pytest.mark.parametrize("entry", entry_params())
@@ -321,9 +324,15 @@ def test_per_group_clip(entry: OptimizerEntry) -> None:
     ref_groups = [{"params": g["params"]} for g in groups(model_b)]
     opt_b = entry.reference(ref_groups, **entry.main)
     _lockstep(
-        entry.tolerance, model_a, opt_a, model_b, opt_b, make_batches(STEPS, dtype=entry.dtype),
+        entry.tolerance,
+        model_a,
+        opt_a,
+        model_b,
+        opt_b,
+        make_batches(STEPS, dtype=entry.dtype),
         clip_b=manual_clip,
     )
+    assert int(opt_a.clipped_steps) > 0
 
 
 @pytest.mark.parametrize("entry", entry_params())
@@ -331,7 +340,9 @@ def test_params_without_grad_are_untouched(entry: OptimizerEntry) -> None:
     config = {**entry.main, "weight_decay": 0.01}
     model_a = make_model(dtype=entry.dtype)
     model_b = copy.deepcopy(model_a)
-    extra_a = nn.Parameter(torch.randn(5, 3, dtype=entry.dtype))
+    extra_a = nn.Parameter(
+        torch.randn(5, 3, generator=torch.Generator().manual_seed(5)).to(entry.dtype)
+    )
     extra_b = nn.Parameter(extra_a.detach().clone())
     before = extra_a.detach().clone()
     opt_a = entry.make([*model_a.parameters(), extra_a], **config)
@@ -383,9 +394,11 @@ def test_dtypes_preserved_and_training_works(entry: OptimizerEntry, dtype: torch
         state = opt.state[p]
         assert state, "the main configs all keep per-parameter state"
         for key, value in state.items():
-            if isinstance(value, torch.Tensor) and key != "step":
+            # per-element state lives in the param dtype; scalar bookkeeping such as "step"
+            # or NAdam's "mu_product" is float32 in torch and is checked against torch below
+            if isinstance(value, torch.Tensor) and value.shape == p.shape and p.ndim > 0:
                 assert value.dtype == dtype, f"state {key!r} has dtype {value.dtype}"
-    if entry.torch_cls is not None and dtype != torch.bfloat16:
+    if entry.torch_cls is not None:
         ref_model = make_model(dtype=dtype)
         ref_opt = entry.torch_cls(ref_model.parameters(), **entry.main)
         compute_grads(ref_model, make_batches(1, dtype=dtype)[0])
@@ -415,8 +428,14 @@ def test_lr_schedulers_drive_identically(entry: OptimizerEntry, kind: str) -> No
     opt_b = entry.reference(model_b.parameters(), **entry.main)
     sched_a, sched_b = _schedulers(opt_a, kind), _schedulers(opt_b, kind)
     _lockstep(
-        entry.tolerance, model_a, opt_a, model_b, opt_b, make_batches(STEPS, dtype=entry.dtype),
-        sched_a=sched_a, sched_b=sched_b,
+        entry.tolerance,
+        model_a,
+        opt_a,
+        model_b,
+        opt_b,
+        make_batches(STEPS, dtype=entry.dtype),
+        sched_a=sched_a,
+        sched_b=sched_b,
     )
     assert opt_a.param_groups[0]["lr"] != entry.main.get("lr")  # the scheduler did act
     if kind == "OneCycleLR" and "betas" in opt_a.defaults:
@@ -432,13 +451,17 @@ def test_grad_scaler_trains_identically(entry: OptimizerEntry) -> None:
     scaler_a = torch.amp.GradScaler(device="cpu", init_scale=2.0**12, growth_interval=10)
     scaler_b = torch.amp.GradScaler(device="cpu", init_scale=2.0**12, growth_interval=10)
     _lockstep(
-        entry.tolerance, model_a, opt_a, model_b, opt_b, make_batches(STEPS, dtype=entry.dtype),
-        scaler_a=scaler_a, scaler_b=scaler_b,
+        entry.tolerance,
+        model_a,
+        opt_a,
+        model_b,
+        opt_b,
+        make_batches(STEPS, dtype=entry.dtype),
+        scaler_a=scaler_a,
+        scaler_b=scaler_b,
     )
     assert scaler_a.get_scale() > 2.0**12  # the scale grew: no overflow, real scaling
-    assert_states_close(
-        opt_a, model_a.parameters(), opt_b, model_b.parameters(), **entry.tolerance
-    )
+    assert_states_close(opt_a, model_a.parameters(), opt_b, model_b.parameters(), **entry.tolerance)
 
 
 # --------------------------------------------------------------------------------------
@@ -473,7 +496,8 @@ def test_counters_and_step_record(entry: OptimizerEntry) -> None:
             poison_grad(model, i % 4, i, math.nan if i % 2 else math.inf)
         opt.step()
         rec = opt.last_step
-        assert isinstance(rec, gradguard.StepRecord)
+        assert isinstance(rec, gradguard.StepRecord) and isinstance(rec, tuple)
+        assert rec._fields == ("grad_norm", "clip_scale", "clipped", "skipped")
         _assert_scalar(rec.grad_norm, torch.float32)
         _assert_scalar(rec.clip_scale, (torch.float32, torch.float64))
         _assert_scalar(rec.clipped, torch.bool)
@@ -526,10 +550,7 @@ def _expected_min_factor(spec: str, model: nn.Module) -> float:
     elif kind == "agc":
         for p, g in zip(params, grads, strict=True):
             w = p.detach().double()
-            if g.ndim <= 1:
-                units = [(w, g)]
-            else:
-                units = list(zip(w, g, strict=True))
+            units = [(w, g)] if g.ndim <= 1 else list(zip(w, g, strict=True))
             for wu, gu in units:
                 max_norm = max(float(wu.norm()), 1e-3) * c
                 if float(gu.norm()) > max_norm:

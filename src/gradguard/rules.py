@@ -47,6 +47,13 @@ def _f64(step: Tensor) -> Tensor:
     return step if step.device.type == "mps" else step.to(torch.float64)
 
 
+def _coef(x: Tensor, like: Tensor) -> Tensor:
+    """A scalar coefficient computed in float64, cast to the precision the elementwise math runs
+    in (float64 for float64 tensors, else float32), as torch.optim's kernels do with Python
+    scalars. Keeping float64 out of the elementwise loops lets compiled kernels vectorize."""
+    return x.to(torch.float64 if like.dtype == torch.float64 else torch.float32)
+
+
 def _trust(num: Tensor, den: Tensor) -> Tensor:
     """``num / den`` where both are positive, else 1 (the LARS/LAMB convention)."""
     ok = (num > 0) & (den > 0)
@@ -126,8 +133,8 @@ def adam(
     exp_avg = torch.lerp(state["exp_avg"], g, 1 - beta1)
     exp_avg_sq = state["exp_avg_sq"] * beta2 + (1 - beta2) * g * g
     t = _f64(step)
-    step_size = lr / (1 - beta1**t)
-    bc2_sqrt = (1 - beta2**t).sqrt()
+    step_size = _coef(lr / (1 - beta1**t), param)
+    bc2_sqrt = _coef((1 - beta2**t).sqrt(), param)
     new: State = {"step": step, "exp_avg": exp_avg, "exp_avg_sq": exp_avg_sq}
     second = exp_avg_sq
     if amsgrad:
@@ -164,7 +171,7 @@ def nadam(
     g = -grad if maximize else grad
     step = state["step"] + 1
     t = _f64(step)
-    bias_correction2 = 1 - beta2**t
+    bias_correction2 = _coef(1 - beta2**t, param)
     if weight_decay != 0:
         if decoupled_weight_decay:
             param = param * (1 - lr * weight_decay)
@@ -177,8 +184,8 @@ def nadam(
     exp_avg = torch.lerp(state["exp_avg"], g, 1 - beta1)
     exp_avg_sq = state["exp_avg_sq"] * beta2 + (1 - beta2) * g * g
     denom = (exp_avg_sq / bias_correction2).sqrt() + eps
-    c_grad = -lr * (1.0 - mu) / (1.0 - _f64(mu_product))
-    c_avg = -lr * mu_next / (1.0 - mu_product_next)
+    c_grad = _coef(-lr * (1.0 - mu) / (1.0 - _f64(mu_product)), param)
+    c_avg = _coef(-lr * mu_next / (1.0 - mu_product_next), param)
     param = param + (c_grad * g) / denom
     param = param + (c_avg * exp_avg) / denom
     return param, {"step": step, "mu_product": mu_product, "exp_avg": exp_avg,
@@ -211,7 +218,7 @@ def adamax(
         g = g + weight_decay * param
     exp_avg = torch.lerp(state["exp_avg"], g, 1 - beta1)
     exp_inf = torch.maximum(state["exp_inf"] * beta2, g.abs() + eps)
-    clr = lr / (1 - beta1 ** _f64(step))
+    clr = _coef(lr / (1 - beta1 ** _f64(step)), param)
     return param + (-clr * exp_avg) / exp_inf, {"step": step, "exp_avg": exp_avg,
                                                  "exp_inf": exp_inf}
 
@@ -280,7 +287,7 @@ def adagrad(
     step = state["step"] + 1
     if weight_decay != 0:
         g = g + weight_decay * param
-    clr = lr / (1 + (_f64(step) - 1) * lr_decay)
+    clr = _coef(lr / (1 + (_f64(step) - 1) * lr_decay), param)
     total = state["sum"] + g * g
     std = total.sqrt() + eps
     return param + (-clr * g) / std, {"step": step, "sum": total}
@@ -377,7 +384,8 @@ def lamb(
     t = _f64(step)
     exp_avg = torch.lerp(state["exp_avg"], g, 1 - beta1)
     exp_avg_sq = state["exp_avg_sq"] * beta2 + (1 - beta2) * g * g
-    r = (exp_avg / (1 - beta1**t)) / ((exp_avg_sq / (1 - beta2**t)).sqrt() + eps)
+    bc1, bc2 = _coef(1 - beta1**t, param), _coef(1 - beta2**t, param)
+    r = (exp_avg / bc1) / ((exp_avg_sq / bc2).sqrt() + eps)
     u = r + weight_decay * param if weight_decay != 0 else r
     ratio = _trust(torch.linalg.vector_norm(param), torch.linalg.vector_norm(u))
     return param - (lr * ratio) * u, {"step": step, "exp_avg": exp_avg, "exp_avg_sq": exp_avg_sq}

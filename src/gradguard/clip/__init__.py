@@ -4,6 +4,7 @@ Use a policy through an optimizer (``gradguard.Adam(params, clip="global_norm:1"
 clip is folded into the update, or alone on any parameters (``GlobalNorm(1.0).clip_(params)``).
 """
 
+from ._hooks import GradHooks
 from ._parse import VALID_FORMS, parse, resolve
 from ._policies import (
     AGC,
@@ -25,6 +26,7 @@ __all__ = [
     "ClipDecision",
     "ClipPolicy",
     "GlobalNorm",
+    "GradHooks",
     "GradStats",
     "NoClip",
     "Norm",

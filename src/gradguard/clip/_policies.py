@@ -60,7 +60,7 @@ def _fmt(x: float | int | None) -> str:
         return "None"
     if isinstance(x, float) and math.isinf(x):
         return "inf"
-    return repr(x) if isinstance(x, int) else f"{x:g}"
+    return repr(x)  # repr round-trips floats exactly
 
 
 class ClipPolicy:

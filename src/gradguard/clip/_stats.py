@@ -6,9 +6,13 @@ Everything stays a tensor on the gradients' device: nothing here reads a value o
 from __future__ import annotations
 
 import math
+from typing import TYPE_CHECKING
 
 import torch
 from torch import Tensor
+
+if TYPE_CHECKING:
+    from ._hooks import GradHooks
 
 
 def _norm_dtype(t: Tensor) -> torch.dtype:
@@ -37,7 +41,9 @@ def combine_norms(norms: list[Tensor], norm_type: float) -> Tensor:
 class GradStats:
     """Per-tensor gradient statistics of one step, computed on first use and cached.
 
-    ``params`` and ``grads`` are aligned lists; policies refer to tensors by index.
+    ``params`` and ``grads`` are aligned lists; policies refer to tensors by index. With
+    ``hooks``, norms measured during backward are used where still valid (see
+    :class:`gradguard.clip.GradHooks`); only the rest is measured here.
 
     >>> g = [torch.tensor([3.0, 4.0]), torch.tensor([0.0])]
     >>> stats = GradStats([torch.zeros(2), torch.zeros(1)], g)
@@ -45,9 +51,11 @@ class GradStats:
     tensor(5.)
     """
 
-    def __init__(self, params: list[Tensor], grads: list[Tensor]) -> None:
+    def __init__(self, params: list[Tensor], grads: list[Tensor],
+                 hooks: GradHooks | None = None) -> None:
         self.params = params
         self.grads = grads
+        self.hooks = hooks
         self._norms: dict[float, list[Tensor]] = {}
         self._units: dict[int, Tensor] = {}
 
@@ -62,10 +70,14 @@ class GradStats:
 
     def _compute_norms(self, norm_type: float) -> list[Tensor]:
         out: list[Tensor | None] = [None] * len(self.grads)
-        # One multi-tensor kernel per (device, dtype) bucket where torch has it.
+        if self.hooks is not None:
+            for i, p in enumerate(self.params):
+                out[i] = self.hooks.lookup(p, norm_type)
+        # The rest: one multi-tensor kernel per (device, dtype) bucket where torch has it.
         buckets: dict[tuple[torch.device, torch.dtype], list[int]] = {}
         for i, g in enumerate(self.grads):
-            buckets.setdefault((g.device, g.dtype), []).append(i)
+            if out[i] is None:
+                buckets.setdefault((g.device, g.dtype), []).append(i)
         for (_, dtype), idx in buckets.items():
             tensors = [self.grads[i] for i in idx]
             if dtype in (torch.float32, torch.float64) and norm_type in (1.0, 2.0, math.inf):
@@ -76,7 +88,9 @@ class GradStats:
                 ]
             for i, n in zip(idx, norms, strict=True):
                 out[i] = n
-        return [n for n in out if n is not None]
+        result = [n for n in out if n is not None]
+        assert len(result) == len(self.grads)
+        return result
 
     def total_norm(self, idx: list[int], norm_type: float = 2.0) -> Tensor:
         """The ``norm_type``-norm of the gradients at ``idx`` taken together."""
@@ -86,6 +100,8 @@ class GradStats:
     def unit_norms(self, i: int) -> Tensor:
         """Unit-wise gradient norms of tensor ``i`` (see :func:`unitwise_norm`)."""
         cached = self._units.get(i)
+        if cached is None and self.hooks is not None:
+            cached = self.hooks.lookup_units(self.params[i])
         if cached is None:
             cached = unitwise_norm(self.grads[i])
             self._units[i] = cached

@@ -44,6 +44,7 @@ class GuardedOptimizer(Optimizer):
         # Momentum buffers that take the first gradient as is (SGD) need to know, without a
         # host read, whether a skipped step left them uninitialised.
         self._fresh: dict[Tensor, Tensor] = {}
+        self._hparam_keys = tuple(defaults)
         super().__init__(params, defaults)
 
     # -- public read-outs -------------------------------------------------------------------
@@ -83,9 +84,10 @@ class GuardedOptimizer(Optimizer):
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         super().__setstate__(state)
+        # Groups saved by an older version (or by torch) get the defaults of keys they lack.
         for group in self.param_groups:
-            for key, value in self.defaults.items():
-                group.setdefault(key, value)
+            for key in getattr(self, "_hparam_keys", ()):
+                group.setdefault(key, self.defaults[key])
 
     # -- state ------------------------------------------------------------------------------
     def _init_state(self, p: Tensor, group: dict[str, Any]) -> dict[str, Tensor]:

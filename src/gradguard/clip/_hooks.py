@@ -1,0 +1,100 @@
+"""Gradient norms measured during backward, while each gradient is still hot in cache.
+
+A post-accumulate-grad hook on every parameter records the norms of its gradient together with
+the identity and version counter of the gradient tensor it measured. At the step a recorded norm
+is used only if ``p.grad`` is still that same tensor at that same version; anything that
+changed the gradient after the hook fired (gradient accumulation, an in-place edit, GradScaler's
+unscale, DDP's all-reduce, a replaced ``.grad``) changes one of the two, and the norm is measured
+again. Nothing is assumed.
+"""
+
+from __future__ import annotations
+
+import weakref
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+import torch
+from torch import Tensor
+
+from ._stats import _norm_dtype, unitwise_norm
+
+
+@dataclass
+class _Record:
+    grad: weakref.ref[Tensor]
+    version: int
+    norms: dict[float, Tensor] = field(default_factory=dict)
+    units: Tensor | None = None
+
+
+class GradHooks:
+    """Per-parameter hooks that measure gradient norms during backward.
+
+    ``norm_types`` are the norms measured for every gradient (2 for the total norm the guard
+    and most policies use; ``inf`` for Value's clip scale), ``units`` whether unit-wise norms are
+    measured too (AGC). :meth:`lookup` returns a recorded norm only while it is still valid.
+
+    >>> w = torch.nn.Parameter(torch.ones(3))
+    >>> hooks = GradHooks([w])
+    >>> (w * 2.0).sum().backward()
+    >>> hooks.lookup(w, 2.0)
+    tensor(3.4641)
+    >>> w.grad.mul_(0.5)  # an edit after the hook: the record is no longer trusted
+    tensor([1., 1., 1.])
+    >>> hooks.lookup(w, 2.0) is None
+    True
+    """
+
+    def __init__(self, params: Iterable[Tensor], norm_types: Iterable[float] = (2.0,),
+                 units: bool = False) -> None:
+        self.norm_types = tuple(sorted({float(t) for t in norm_types}))
+        self.units = units
+        self.hits = 0  # lookups answered from a hook (for tests and benchmarks)
+        self.misses = 0
+        self._records: dict[int, _Record] = {}
+        self._handles = []
+        for p in params:
+            if isinstance(p, Tensor) and p.requires_grad and p.is_leaf:
+                self._handles.append(p.register_post_accumulate_grad_hook(self._hook))
+
+    def _hook(self, p: Tensor) -> None:
+        g = p.grad
+        if g is None or g.is_sparse:
+            return
+        with torch.no_grad():
+            rec = _Record(weakref.ref(g), g._version)
+            for t in self.norm_types:
+                rec.norms[t] = torch.linalg.vector_norm(g, t, dtype=_norm_dtype(g))
+            if self.units:
+                rec.units = unitwise_norm(g)
+        self._records[id(p)] = rec
+
+    def _valid(self, p: Tensor) -> _Record | None:
+        rec = self._records.get(id(p))
+        g = p.grad
+        if rec is None or g is None or rec.grad() is not g or g._version != rec.version:
+            return None
+        return rec
+
+    def lookup(self, p: Tensor, norm_type: float) -> Tensor | None:
+        """The recorded ``norm_type``-norm of ``p.grad``, or None if there is no valid one."""
+        rec = self._valid(p)
+        value = None if rec is None else rec.norms.get(float(norm_type))
+        if value is None:
+            self.misses += 1
+        else:
+            self.hits += 1
+        return value
+
+    def lookup_units(self, p: Tensor) -> Tensor | None:
+        """The recorded unit-wise norms of ``p.grad`` (see ``unitwise_norm``), or None."""
+        rec = self._valid(p)
+        return None if rec is None else rec.units
+
+    def remove(self) -> None:
+        """Remove the hooks and forget every record."""
+        for h in self._handles:
+            h.remove()
+        self._handles.clear()
+        self._records.clear()
