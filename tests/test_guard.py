@@ -470,3 +470,36 @@ def test_table_has_every_optimizer() -> None:
     }
     for name in names:
         assert issubclass(getattr(gradguard, name), torch.optim.Optimizer)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=["fp16", "bf16"])
+@pytest.mark.parametrize("name", ["SGD", "Adam", "Lion"])
+def test_low_precision_nonfinite_step_is_skipped(name: str, dtype: torch.dtype) -> None:
+    torch.manual_seed(0)
+    params = [nn.Parameter(torch.randn(8, 4).to(dtype)), nn.Parameter(torch.randn(4).to(dtype))]
+    kwargs: dict[str, Any] = {"lr": 1e-2}
+    if name == "SGD":
+        kwargs["momentum"] = 0.9
+    if name == "Adam":
+        kwargs["eps"] = 1e-4
+    opt = getattr(gradguard, name)(params, clip="global_norm:1", **kwargs)
+    for p in params:
+        p.grad = torch.randn_like(p)
+    opt.step()
+    before = [p.detach().clone() for p in params]
+    state_before = copy.deepcopy(opt.state_dict()["state"])
+    params[1].grad = torch.randn_like(params[1])
+    params[1].grad[2] = math.inf  # representable in both formats; its norm is inf
+    params[0].grad = torch.randn_like(params[0])
+    opt.step()
+    assert bool(opt.last_step.skipped)
+    for p, b in zip(params, before, strict=True):
+        assert torch.equal(p, b)
+    assert_tree_equal(opt.state_dict()["state"], state_before, "state")
+    # a healthy step afterwards trains and stays finite in the low-precision dtype
+    for p in params:
+        p.grad = torch.randn_like(p)
+    opt.step()
+    assert not bool(opt.last_step.skipped)
+    assert all(p.dtype == dtype and bool(torch.isfinite(p).all()) for p in params)
+    assert any(not torch.equal(p, b) for p, b in zip(params, before, strict=True))
