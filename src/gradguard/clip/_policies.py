@@ -170,13 +170,8 @@ class Value(ClipPolicy):
         return ClipDecision([None] * len(idx), self.c, torch.clamp(self.c / absmax, max=1.0))
 
 
-class Norm(ClipPolicy):
-    r"""Clip each gradient tensor's norm to ``c`` separately (spec ``"norm:C"``).
-
-    .. math:: g_i \leftarrow g_i \cdot \min\left(1, \frac{c}{\|g_i\|_p + 10^{-6}}\right)
-    """
-
-    name = "norm"
+class _NormPolicy(ClipPolicy):
+    """Shared by Norm and GlobalNorm: a max norm ``c`` and a ``norm_type``."""
 
     def __init__(self, c: float, norm_type: float = 2.0) -> None:
         check_positive("c", c, "max norm")
@@ -191,16 +186,24 @@ class Norm(ClipPolicy):
     @property
     def spec(self) -> str:
         extra = "" if self.norm_type == 2.0 else f":norm_type={_fmt(self.norm_type)}"
-        return f"norm:{_fmt(self.c)}{extra}"
+        return f"{self.name}:{_fmt(self.c)}{extra}"
+
+
+class Norm(_NormPolicy):
+    r"""Clip each gradient tensor's norm to ``c`` separately (spec ``"norm:C"``).
+
+    .. math:: g_i \leftarrow g_i \cdot \min\left(1, \frac{c}{\|g_i\|_p + 10^{-6}}\right)
+    """
+
+    name = "norm"
 
     def decide(self, stats: GradStats, idx: list[int], skip: Tensor | None) -> ClipDecision:
         norms = stats.norms(self.norm_type)
-        scales: list[Tensor | None] = [_ratio_scale(self.c, norms[i]) for i in idx]
-        min_scale = torch.stack([s for s in scales if s is not None]).min()
-        return ClipDecision(scales, None, min_scale)
+        scales = [_ratio_scale(self.c, norms[i]) for i in idx]
+        return ClipDecision(list(scales), None, torch.stack(scales).min())
 
 
-class GlobalNorm(ClipPolicy):
+class GlobalNorm(_NormPolicy):
     r"""Clip the norm of all gradients taken together (Pascanu et al. 2013; spec
     ``"global_norm:C"``), exactly as ``torch.nn.utils.clip_grad_norm_``.
 
@@ -214,21 +217,6 @@ class GlobalNorm(ClipPolicy):
     """
 
     name = "global_norm"
-
-    def __init__(self, c: float, norm_type: float = 2.0) -> None:
-        check_positive("c", c, "max norm")
-        if not math.isinf(norm_type):
-            check_positive("norm_type", norm_type)
-        self.c = float(c)
-        self.norm_type = float(norm_type)
-
-    def _hparams(self) -> dict[str, Any]:
-        return {"c": self.c, "norm_type": self.norm_type}
-
-    @property
-    def spec(self) -> str:
-        extra = "" if self.norm_type == 2.0 else f":norm_type={_fmt(self.norm_type)}"
-        return f"global_norm:{_fmt(self.c)}{extra}"
 
     def decide(self, stats: GradStats, idx: list[int], skip: Tensor | None) -> ClipDecision:
         scale = _ratio_scale(self.c, stats.total_norm(idx, self.norm_type))

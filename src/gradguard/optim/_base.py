@@ -10,7 +10,7 @@ from torch import Tensor
 from torch.optim import Optimizer
 
 from ..clip import ClipPolicy, resolve
-from ._core import GuardCore, StepRecord, commit, export_groups, restore_group_clips
+from ._core import GuardCore, GuardReadouts, commit, export_groups, restore_group_clips
 
 Rule = Callable[..., tuple[Tensor, dict[str, Tensor]]]
 
@@ -18,7 +18,7 @@ Rule = Callable[..., tuple[Tensor, dict[str, Tensor]]]
 _NOT_HPARAMS = frozenset({"params", "param_names", "clip", "initial_lr"})
 
 
-class GuardedOptimizer(Optimizer):
+class GuardedOptimizer(GuardReadouts, Optimizer):
     """A ``torch.optim.Optimizer`` whose step clips and guards.
 
     Subclasses name their update rule (a function of :mod:`gradguard.rules`) and how to create
@@ -46,35 +46,6 @@ class GuardedOptimizer(Optimizer):
         self._fresh: dict[Tensor, Tensor] = {}
         self._hparam_keys = tuple(defaults)
         super().__init__(params, defaults)
-
-    # -- public read-outs -------------------------------------------------------------------
-    @property
-    def clip(self) -> ClipPolicy | None:
-        """The optimizer-level clip policy (param groups may override it)."""
-        return self._core.clip
-
-    @property
-    def nonfinite(self) -> str:
-        return self._core.nonfinite
-
-    @property
-    def last_step(self) -> StepRecord | None:
-        """Tensors describing the most recent step (None before the first)."""
-        return self._core.last_step
-
-    @property
-    def clipped_steps(self) -> Tensor:
-        """How many applied steps were clipped (a 0-d int64 tensor)."""
-        return self._counter("clipped_steps")
-
-    @property
-    def skipped_steps(self) -> Tensor:
-        """How many steps were skipped for non-finite gradients (a 0-d int64 tensor)."""
-        return self._counter("skipped_steps")
-
-    def _counter(self, name: str) -> Tensor:
-        value = getattr(self._core, name)
-        return torch.zeros((), dtype=torch.int64) if value is None else value
 
     # -- param groups -----------------------------------------------------------------------
     def add_param_group(self, param_group: dict[str, Any]) -> None:

@@ -281,3 +281,37 @@ def restore_group_clips(param_groups: list[dict[str, Any]],
             group["clip"] = policy
         elif "clip" in group:
             group["clip"] = resolve(group["clip"], "param group clip")
+
+
+class GuardReadouts:
+    """The read-outs shared by gradguard's optimizers and :func:`gradguard.guard`'s wrapper."""
+
+    _core: GuardCore
+
+    @property
+    def clip(self) -> ClipPolicy | None:
+        """The optimizer-level clip policy (param groups may override it)."""
+        return self._core.clip
+
+    @property
+    def nonfinite(self) -> str:
+        return self._core.nonfinite
+
+    @property
+    def last_step(self) -> StepRecord | None:
+        """Tensors describing the most recent step (None before the first)."""
+        return self._core.last_step
+
+    @property
+    def clipped_steps(self) -> Tensor:
+        """How many applied steps were clipped (a 0-d int64 tensor)."""
+        return self._counter(self._core.clipped_steps)
+
+    @property
+    def skipped_steps(self) -> Tensor:
+        """How many steps were skipped for non-finite gradients (a 0-d int64 tensor)."""
+        return self._counter(self._core.skipped_steps)
+
+    @staticmethod
+    def _counter(value: Tensor | None) -> Tensor:
+        return torch.zeros((), dtype=torch.int64) if value is None else value

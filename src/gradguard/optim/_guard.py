@@ -12,10 +12,10 @@ from torch.optim import Optimizer
 
 from ..clip import ClipPolicy, resolve
 from ._base import GuardedOptimizer
-from ._core import GuardCore, StepPlan, StepRecord, export_groups, restore_group_clips
+from ._core import GuardCore, GuardReadouts, StepPlan, export_groups, restore_group_clips
 
 
-class Guarded(Optimizer):
+class Guarded(GuardReadouts, Optimizer):
     """A torch optimizer wrapped with a clip policy and the non-finite guard.
 
     Made by :func:`guard`. It is an ``Optimizer`` itself: ``param_groups`` and ``state`` are the
@@ -54,24 +54,6 @@ class Guarded(Optimizer):
     @state.setter
     def state(self, value: Any) -> None:
         self.optimizer.state = value
-
-    @property
-    def clip(self) -> ClipPolicy | None:
-        return self._core.clip
-
-    @property
-    def last_step(self) -> StepRecord | None:
-        return self._core.last_step
-
-    @property
-    def clipped_steps(self) -> Tensor:
-        c = self._core.clipped_steps
-        return torch.zeros((), dtype=torch.int64) if c is None else c
-
-    @property
-    def skipped_steps(self) -> Tensor:
-        c = self._core.skipped_steps
-        return torch.zeros((), dtype=torch.int64) if c is None else c
 
     def __repr__(self) -> str:
         return f"guard({self.optimizer!r}, clip={self.clip!r}, nonfinite={self._core.nonfinite!r})"

@@ -39,6 +39,10 @@ Params = Iterable[Any]
 ClipArg = ClipPolicy | str | None
 
 
+def _zeros(p: Tensor) -> Tensor:
+    return torch.zeros_like(p, memory_format=torch.preserve_format)
+
+
 def _check_lr(lr: float | Tensor) -> None:
     if isinstance(lr, Tensor) and lr.numel() != 1:
         raise ValueError(f"Invalid lr (learning rate): a tensor lr must have one element, got "
@@ -100,7 +104,7 @@ class SGD(GuardedOptimizer):
         if group["momentum"] == 0:
             return {}
         self._fresh[p] = torch.ones((), dtype=torch.bool, device=p.device)
-        return {"momentum_buffer": torch.zeros_like(p, memory_format=torch.preserve_format)}
+        return {"momentum_buffer": _zeros(p)}
 
 
 class Adam(GuardedOptimizer):
@@ -157,10 +161,10 @@ class Adam(GuardedOptimizer):
 
     def _init_state(self, p: Tensor, group: dict[str, Any]) -> dict[str, Tensor]:
         state = {"step": self._step_tensor(p),
-                 "exp_avg": torch.zeros_like(p, memory_format=torch.preserve_format),
-                 "exp_avg_sq": torch.zeros_like(p, memory_format=torch.preserve_format)}
+                 "exp_avg": _zeros(p),
+                 "exp_avg_sq": _zeros(p)}
         if group["amsgrad"]:
-            state["max_exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+            state["max_exp_avg_sq"] = _zeros(p)
         return state
 
 
@@ -255,8 +259,8 @@ class NAdam(GuardedOptimizer):
     def _init_state(self, p: Tensor, group: dict[str, Any]) -> dict[str, Tensor]:
         return {"step": self._step_tensor(p),
                 "mu_product": torch.ones((), dtype=torch.float32, device=p.device),
-                "exp_avg": torch.zeros_like(p, memory_format=torch.preserve_format),
-                "exp_avg_sq": torch.zeros_like(p, memory_format=torch.preserve_format)}
+                "exp_avg": _zeros(p),
+                "exp_avg_sq": _zeros(p)}
 
 
 class Adamax(GuardedOptimizer):
@@ -302,8 +306,8 @@ class Adamax(GuardedOptimizer):
 
     def _init_state(self, p: Tensor, group: dict[str, Any]) -> dict[str, Tensor]:
         return {"step": self._step_tensor(p),
-                "exp_avg": torch.zeros_like(p, memory_format=torch.preserve_format),
-                "exp_inf": torch.zeros_like(p, memory_format=torch.preserve_format)}
+                "exp_avg": _zeros(p),
+                "exp_inf": _zeros(p)}
 
 
 class RMSprop(GuardedOptimizer):
@@ -354,11 +358,11 @@ class RMSprop(GuardedOptimizer):
 
     def _init_state(self, p: Tensor, group: dict[str, Any]) -> dict[str, Tensor]:
         state = {"step": self._step_tensor(p),
-                 "square_avg": torch.zeros_like(p, memory_format=torch.preserve_format)}
+                 "square_avg": _zeros(p)}
         if group["momentum"] > 0:
-            state["momentum_buffer"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+            state["momentum_buffer"] = _zeros(p)
         if group["centered"]:
-            state["grad_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+            state["grad_avg"] = _zeros(p)
         return state
 
 
@@ -455,8 +459,8 @@ class Adadelta(GuardedOptimizer):
 
     def _init_state(self, p: Tensor, group: dict[str, Any]) -> dict[str, Tensor]:
         return {"step": self._step_tensor(p),
-                "square_avg": torch.zeros_like(p, memory_format=torch.preserve_format),
-                "acc_delta": torch.zeros_like(p, memory_format=torch.preserve_format)}
+                "square_avg": _zeros(p),
+                "acc_delta": _zeros(p)}
 
 
 class LARS(GuardedOptimizer):
@@ -505,7 +509,7 @@ class LARS(GuardedOptimizer):
                          max_consecutive_skips=max_consecutive_skips)
 
     def _init_state(self, p: Tensor, group: dict[str, Any]) -> dict[str, Tensor]:
-        return {"momentum_buffer": torch.zeros_like(p, memory_format=torch.preserve_format)}
+        return {"momentum_buffer": _zeros(p)}
 
 
 class LAMB(GuardedOptimizer):
@@ -548,8 +552,8 @@ class LAMB(GuardedOptimizer):
 
     def _init_state(self, p: Tensor, group: dict[str, Any]) -> dict[str, Tensor]:
         return {"step": self._step_tensor(p),
-                "exp_avg": torch.zeros_like(p, memory_format=torch.preserve_format),
-                "exp_avg_sq": torch.zeros_like(p, memory_format=torch.preserve_format)}
+                "exp_avg": _zeros(p),
+                "exp_avg_sq": _zeros(p)}
 
 
 class Lion(GuardedOptimizer):
@@ -588,4 +592,4 @@ class Lion(GuardedOptimizer):
                          max_consecutive_skips=max_consecutive_skips)
 
     def _init_state(self, p: Tensor, group: dict[str, Any]) -> dict[str, Tensor]:
-        return {"exp_avg": torch.zeros_like(p, memory_format=torch.preserve_format)}
+        return {"exp_avg": _zeros(p)}
