@@ -47,10 +47,13 @@ def _f64(step: Tensor) -> Tensor:
     return step if step.device.type == "mps" else step.to(torch.float64)
 
 
-def _coef(x: Tensor, like: Tensor) -> Tensor:
-    """A scalar coefficient computed in float64, cast to the precision the elementwise math runs
-    in (float64 for float64 tensors, else float32), as torch.optim's kernels do with Python
-    scalars. Keeping float64 out of the elementwise loops lets compiled kernels vectorize."""
+def _coef(x: Scalar, like: Tensor) -> Scalar:
+    """A scalar coefficient (possibly computed in float64), cast to the precision the
+    elementwise math runs in (float64 for float64 tensors, else float32), as torch.optim's
+    kernels do with Python scalars. Keeping float64 out of the elementwise loops lets compiled
+    kernels vectorize. Python numbers pass through unchanged."""
+    if not isinstance(x, Tensor):
+        return x
     return x.to(torch.float64 if like.dtype == torch.float64 else torch.float32)
 
 
@@ -93,7 +96,7 @@ def sgd(
             buf = torch.where(fresh, g, buf)
         new["momentum_buffer"] = buf
         g = g + momentum * buf if nesterov else buf
-    return param - lr * g, new
+    return param - _coef(lr, param) * g, new
 
 
 def adam(
@@ -127,7 +130,7 @@ def adam(
     step = state["step"] + 1
     if weight_decay != 0:
         if decoupled_weight_decay:
-            param = param * (1 - lr * weight_decay)
+            param = param * _coef(1 - lr * weight_decay, param)
         else:
             g = g + weight_decay * param
     exp_avg = torch.lerp(state["exp_avg"], g, 1 - beta1)
@@ -174,7 +177,7 @@ def nadam(
     bias_correction2 = _coef(1 - beta2**t, param)
     if weight_decay != 0:
         if decoupled_weight_decay:
-            param = param * (1 - lr * weight_decay)
+            param = param * _coef(1 - lr * weight_decay, param)
         else:
             g = g + weight_decay * param
     mu = beta1 * (1.0 - 0.5 * 0.96 ** (t * momentum_decay))
@@ -261,8 +264,8 @@ def rmsprop(
     if momentum > 0:
         buf = state["momentum_buffer"] * momentum + g / avg
         new["momentum_buffer"] = buf
-        return param - lr * buf, new
-    return param + (-lr * g) / avg, new
+        return param - _coef(lr, param) * buf, new
+    return param + (-_coef(lr, param) * g) / avg, new
 
 
 def adagrad(
@@ -320,7 +323,8 @@ def adadelta(
     std = (square_avg + eps).sqrt()
     delta = (state["acc_delta"] + eps).sqrt() / std * g
     acc_delta = state["acc_delta"] * rho + (1 - rho) * delta * delta
-    return param - lr * delta, {"step": step, "square_avg": square_avg, "acc_delta": acc_delta}
+    new = {"step": step, "square_avg": square_avg, "acc_delta": acc_delta}
+    return param - _coef(lr, param) * delta, new
 
 
 def lars(
@@ -348,13 +352,13 @@ def lars(
     """
     g = -grad if maximize else grad
     if exclude_bias_and_norm and param.dim() <= 1:
-        update = lr * g
+        update = _coef(lr, param) * g
     else:
         w_norm = torch.linalg.vector_norm(param)
         g_norm = torch.linalg.vector_norm(g)
         local = _trust(trust_coefficient * w_norm, g_norm + weight_decay * w_norm)
         d = g + weight_decay * param if weight_decay != 0 else g
-        update = (lr * local) * d
+        update = _coef(lr * local, param) * d
     buf = state["momentum_buffer"] * momentum + update
     return param - buf, {"momentum_buffer": buf}
 
@@ -388,7 +392,8 @@ def lamb(
     r = (exp_avg / bc1) / ((exp_avg_sq / bc2).sqrt() + eps)
     u = r + weight_decay * param if weight_decay != 0 else r
     ratio = _trust(torch.linalg.vector_norm(param), torch.linalg.vector_norm(u))
-    return param - (lr * ratio) * u, {"step": step, "exp_avg": exp_avg, "exp_avg_sq": exp_avg_sq}
+    new = {"step": step, "exp_avg": exp_avg, "exp_avg_sq": exp_avg_sq}
+    return param - _coef(lr * ratio, param) * u, new
 
 
 def lion(
@@ -416,4 +421,4 @@ def lion(
     direction = torch.sign(c)
     if weight_decay != 0:
         direction = direction + weight_decay * param
-    return param - lr * direction, {"exp_avg": torch.lerp(m, g, 1 - beta2)}
+    return param - _coef(lr, param) * direction, {"exp_avg": torch.lerp(m, g, 1 - beta2)}

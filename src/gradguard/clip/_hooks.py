@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor
 
-from ._stats import _norm_dtype, unitwise_norm
+from ._stats import measure, unitwise_norm
 
 
 @dataclass
@@ -65,7 +65,7 @@ class GradHooks:
         with torch.no_grad():
             rec = _Record(weakref.ref(g), g._version)
             for t in self.norm_types:
-                rec.norms[t] = torch.linalg.vector_norm(g, t, dtype=_norm_dtype(g))
+                rec.norms[t] = measure([g], t)[0]
             if self.units:
                 rec.units = unitwise_norm(g)
         self._records[id(p)] = rec

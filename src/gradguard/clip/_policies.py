@@ -72,7 +72,7 @@ class ClipPolicy:
     def decide(self, stats: GradStats, idx: list[int], skip: Tensor | None) -> ClipDecision:
         """The clipping for the gradients at ``idx``. A stateful policy updates its state here,
         unless ``skip`` (a bool tensor) is true: a skipped step leaves the state unchanged."""
-        raise NotImplementedError  # pragma: no cover - abstract
+        raise TypeError(f"{type(self).__name__} must define decide()")
 
     # -- identity -------------------------------------------------------------------------
     def _hparams(self) -> dict[str, Any]:

@@ -29,6 +29,17 @@ def unitwise_norm(t: Tensor) -> Tensor:
     return torch.linalg.vector_norm(t, dim=tuple(range(1, t.dim())), keepdim=True, dtype=dtype)
 
 
+def measure(tensors: list[Tensor], norm_type: float) -> list[Tensor]:
+    """The ``norm_type``-norm of each tensor (all of one device and dtype): one multi-tensor
+    kernel where torch has it, so a norm measured in a backward hook and one measured at the step
+    are the same arithmetic."""
+    if not tensors:
+        return []
+    if tensors[0].dtype in (torch.float32, torch.float64) and norm_type in (1.0, 2.0, math.inf):
+        return list(torch._foreach_norm(tensors, norm_type))
+    return [torch.linalg.vector_norm(t, norm_type, dtype=_norm_dtype(t)) for t in tensors]
+
+
 def combine_norms(norms: list[Tensor], norm_type: float) -> Tensor:
     """The norm of a concatenation, from the norms of its parts (as clip_grad_norm_ does it)."""
     if not norms:
@@ -43,7 +54,9 @@ class GradStats:
 
     ``params`` and ``grads`` are aligned lists; policies refer to tensors by index. With
     ``hooks``, norms measured during backward are used where still valid (see
-    :class:`gradguard.clip.GradHooks`); only the rest is measured here.
+    :class:`gradguard.clip.GradHooks`); only the rest is measured here. ``multiplier`` (a 0-d
+    tensor, e.g. GradScaler's inverse scale) multiplies every norm: the statistics are those of
+    ``grad * multiplier`` without computing that product.
 
     >>> g = [torch.tensor([3.0, 4.0]), torch.tensor([0.0])]
     >>> stats = GradStats([torch.zeros(2), torch.zeros(1)], g)
@@ -52,10 +65,11 @@ class GradStats:
     """
 
     def __init__(self, params: list[Tensor], grads: list[Tensor],
-                 hooks: GradHooks | None = None) -> None:
+                 hooks: GradHooks | None = None, multiplier: Tensor | None = None) -> None:
         self.params = params
         self.grads = grads
         self.hooks = hooks
+        self.multiplier = multiplier
         self._norms: dict[float, list[Tensor]] = {}
         self._units: dict[int, Tensor] = {}
 
@@ -78,19 +92,15 @@ class GradStats:
         for i, g in enumerate(self.grads):
             if out[i] is None:
                 buckets.setdefault((g.device, g.dtype), []).append(i)
-        for (_, dtype), idx in buckets.items():
-            tensors = [self.grads[i] for i in idx]
-            if dtype in (torch.float32, torch.float64) and norm_type in (1.0, 2.0, math.inf):
-                norms = list(torch._foreach_norm(tensors, norm_type))
-            else:
-                norms = [
-                    torch.linalg.vector_norm(t, norm_type, dtype=_norm_dtype(t)) for t in tensors
-                ]
-            for i, n in zip(idx, norms, strict=True):
+        for idx in buckets.values():
+            for i, n in zip(idx, measure([self.grads[i] for i in idx], norm_type), strict=True):
                 out[i] = n
-        result = [n for n in out if n is not None]
+        result = [self._scaled(n) for n in out if n is not None]
         assert len(result) == len(self.grads)
         return result
+
+    def _scaled(self, norm: Tensor) -> Tensor:
+        return norm if self.multiplier is None else norm * self.multiplier.to(norm.dtype)
 
     def total_norm(self, idx: list[int], norm_type: float = 2.0) -> Tensor:
         """The ``norm_type``-norm of the gradients at ``idx`` taken together."""
@@ -100,9 +110,10 @@ class GradStats:
     def unit_norms(self, i: int) -> Tensor:
         """Unit-wise gradient norms of tensor ``i`` (see :func:`unitwise_norm`)."""
         cached = self._units.get(i)
-        if cached is None and self.hooks is not None:
-            cached = self.hooks.lookup_units(self.params[i])
         if cached is None:
-            cached = unitwise_norm(self.grads[i])
+            raw = self.hooks.lookup_units(self.params[i]) if self.hooks is not None else None
+            if raw is None:
+                raw = unitwise_norm(self.grads[i])
+            cached = self._scaled(raw)
             self._units[i] = cached
         return cached

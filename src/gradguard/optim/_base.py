@@ -9,13 +9,16 @@ import torch
 from torch import Tensor
 from torch.optim import Optimizer
 
-from ..clip import ClipPolicy, resolve
-from ._core import GuardCore, GuardReadouts, commit, export_groups, restore_group_clips
+from .._validation import check_choice
+from ..clip import AGC, ClipPolicy, GlobalNorm, GradHooks, Norm, Value, resolve
+from ._backends import BACKENDS, default_backend, run_compiled, update_tensors
+from ._core import GuardCore, GuardReadouts, export_groups, restore_group_clips
 
 Rule = Callable[..., tuple[Tensor, dict[str, Tensor]]]
 
-# Group keys that are not hyperparameters of the update rule.
-_NOT_HPARAMS = frozenset({"params", "param_names", "clip", "initial_lr"})
+# Group keys that are not hyperparameters of the update rule (lr is passed separately).
+_NOT_HPARAMS = frozenset({"params", "param_names", "clip", "initial_lr", "lr"})
+_NATIVE_DTYPES = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
 
 
 class GuardedOptimizer(GuardReadouts, Optimizer):
@@ -27,6 +30,8 @@ class GuardedOptimizer(GuardReadouts, Optimizer):
     """
 
     _rule: ClassVar[Rule]
+    # GradScaler hands us its scale and found-inf flag instead of unscaling the gradients.
+    _step_supports_amp_scaling = True
 
     def __init__(
         self,
@@ -36,25 +41,58 @@ class GuardedOptimizer(GuardReadouts, Optimizer):
         clip: ClipPolicy | str | None,
         nonfinite: str,
         max_consecutive_skips: int,
+        backend: str | None = None,
     ) -> None:
         if defaults.get("differentiable"):
             raise ValueError("Invalid differentiable: True; gradguard optimizers do not support "
                              "differentiating through the step")
+        backend = default_backend() if backend is None else backend
+        check_choice("backend", backend, BACKENDS)
+        self.backend = backend
         self._core = GuardCore(clip, nonfinite, max_consecutive_skips)
+        self._hooks: GradHooks | None = None
         # Momentum buffers that take the first gradient as is (SGD) need to know, without a
         # host read, whether a skipped step left them uninitialised.
         self._fresh: dict[Tensor, Tensor] = {}
         self._hparam_keys = tuple(defaults)
         super().__init__(params, defaults)
+        self._attach_hooks()
 
     # -- param groups -----------------------------------------------------------------------
     def add_param_group(self, param_group: dict[str, Any]) -> None:
         if "clip" in param_group:
             param_group["clip"] = resolve(param_group["clip"], "param group clip")
         super().add_param_group(param_group)
+        if getattr(self, "_hooks", None) is not None:
+            self._attach_hooks()
+
+    # -- norms measured during backward -----------------------------------------------------
+    def _attach_hooks(self) -> None:
+        """(Re)register the backward hooks that measure what the clip policies will ask for."""
+        if self._hooks is not None:
+            self._hooks.remove()
+        policies = [self._core.clip] + [g.get("clip") for g in self.param_groups]
+        norm_types = {2.0}
+        for p in policies:
+            if isinstance(p, Value):
+                norm_types.add(float("inf"))
+            elif isinstance(p, Norm | GlobalNorm):
+                norm_types.add(p.norm_type)
+        units = any(isinstance(p, AGC) for p in policies)
+        params = [p for g in self.param_groups for p in g["params"]]
+        self._hooks = GradHooks(params, norm_types=norm_types, units=units)
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = dict(super().__getstate__())
+        state.pop("_hooks", None)  # hooks belong to these parameter objects; re-made on load
+        return state
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         super().__setstate__(state)
+        if "_hooks" not in self.__dict__:  # unpickled or deep-copied: hook the new parameters
+            self._hooks = None
+            self.backend = self.__dict__.get("backend", "auto")
+            self._attach_hooks()
         # Groups saved by an older version (or by torch) get the defaults of keys they lack.
         for group in self.param_groups:
             for key in getattr(self, "_hparam_keys", ()):
@@ -63,7 +101,7 @@ class GuardedOptimizer(GuardReadouts, Optimizer):
     # -- state ------------------------------------------------------------------------------
     def _init_state(self, p: Tensor, group: dict[str, Any]) -> dict[str, Tensor]:
         """A parameter's state before its first step (torch.optim's keys and dtypes)."""
-        raise NotImplementedError  # pragma: no cover - every optimizer defines it
+        raise TypeError(f"{type(self).__name__} must define _init_state")
 
     @staticmethod
     def _step_tensor(p: Tensor) -> Tensor:
@@ -88,26 +126,81 @@ class GuardedOptimizer(GuardReadouts, Optimizer):
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
-        plan = self._core.plan(self.param_groups)
+        # Set by torch.amp.GradScaler.step (we declare _step_supports_amp_scaling).
+        grad_scale: Tensor | None = getattr(self, "grad_scale", None)
+        found_inf: Tensor | None = getattr(self, "found_inf", None)
+        plan = self._core.plan(
+            self.param_groups, hooks=self._hooks,
+            multiplier=None if grad_scale is None else 1.0 / grad_scale.to(torch.float32),
+            found_inf=found_inf)
         if plan is None:
             return loss
-        rule = type(self)._rule
-        hparams = [{k: v for k, v in g.items() if k not in _NOT_HPARAMS}
-                   for g in self.param_groups]
-        for k, p in enumerate(plan.params):
-            group = self.param_groups[plan.owners[k]]
-            state = self._state_for(p, group)
-            fresh = self._fresh.get(p)
-            new_p, new_state = rule(p, plan.effective_grad(k), state, fresh=fresh,
-                                    **hparams[plan.owners[k]])
-            commit(p, new_p, plan.skip)
-            for key, value in new_state.items():
-                commit(state[key], value, plan.skip)
-            if fresh is not None:
-                self._fresh[p] = (fresh & plan.skip if plan.skip is not None
-                                  else torch.zeros_like(fresh))
+        by_group: dict[int, list[int]] = {}
+        for k, gi in enumerate(plan.owners):
+            by_group.setdefault(gi, []).append(k)
+        for gi, ks in by_group.items():
+            group = self.param_groups[gi]
+            params = [plan.params[k] for k in ks]
+            states = [self._state_for(p, group) for p in params]
+            fresh = [self._fresh.get(p) for p in params]
+            self._update_group(group, params, [plan.grads[k] for k in ks], states,
+                               [plan.scales[k] for k in ks], plan.clamps[ks[0]], fresh, plan.skip)
+            for p, f in zip(params, fresh, strict=True):
+                if f is not None:
+                    self._fresh[p] = (f & plan.skip if plan.skip is not None
+                                      else torch.zeros_like(f))
         self._core.finish(plan, self.param_groups)
         return loss
+
+    def _update_group(self, group: dict[str, Any], params: list[Tensor], grads: list[Tensor],
+                      states: list[dict[str, Tensor]], scales: list[Tensor | None],
+                      clamp: float | None, fresh: list[Tensor | None], skip: Tensor | None) -> None:
+        """Run the update rule over one param group on the chosen backend."""
+        hparams = {k: v for k, v in group.items() if k not in _NOT_HPARAMS}
+        lr = group["lr"]
+        if self.backend in ("auto", "native"):
+            ok, shared = self._native_scale(group, params, grads, scales, clamp)
+            if ok:
+                self._native_update(group, params, grads, states, shared, skip)
+                return
+        if self.backend != "eager" and run_compiled(type(self)._rule, params, grads, states,
+                                                    scales, clamp, fresh, skip, lr, hparams):
+            return
+        update_tensors(type(self)._rule, params, grads, states, scales, clamp, fresh, skip, lr,
+                       hparams)
+
+    # -- torch's native fused kernels -------------------------------------------------------
+    def _native_supported(self, group: dict[str, Any]) -> bool:
+        """Whether torch has a fused kernel that is exact for this group's settings."""
+        return False
+
+    def _native_scale(self, group: dict[str, Any], params: list[Tensor], grads: list[Tensor],
+                      scales: list[Tensor | None],
+                      clamp: float | None) -> tuple[bool, Tensor | None]:
+        """``(True, scale)`` with the one 0-d scale to hand a native kernel (None: no scaling),
+        or ``(False, None)`` when the native kernel cannot do this step exactly (no kernel,
+        per-tensor or unit-wise scales, a value clamp, mixed devices or dtypes)."""
+        no = (False, None)
+        if clamp is not None or not self._native_supported(group):
+            return no
+        p0 = params[0]
+        if p0.device.type not in ("cpu", "cuda") or p0.dtype not in _NATIVE_DTYPES:
+            return no
+        if any(p.device != p0.device or p.dtype != p0.dtype for p in params):
+            return no
+        if any(g.dtype != p0.dtype or g.layout != torch.strided for g in grads):
+            return no
+        if len({id(s) for s in scales}) != 1:
+            return no
+        shared = scales[0]
+        if shared is not None and shared.dim() != 0:
+            return no
+        return True, shared
+
+    def _native_update(self, group: dict[str, Any], params: list[Tensor], grads: list[Tensor],
+                       states: list[dict[str, Tensor]], scale: Tensor | None,
+                       skip: Tensor | None) -> None:
+        raise TypeError(f"{type(self).__name__} has no native fused kernel")
 
     # -- checkpoints ------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:

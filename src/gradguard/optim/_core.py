@@ -14,7 +14,7 @@ import torch
 from torch import Tensor
 
 from .._validation import check_choice
-from ..clip import ClipPolicy, GradStats, resolve
+from ..clip import ClipPolicy, GradHooks, GradStats, resolve
 from ..errors import NonFiniteGradientError
 
 NONFINITE_MODES = ("skip", "raise", "off")
@@ -139,9 +139,15 @@ class GuardCore:
         return self.clip
 
     # -- a step -----------------------------------------------------------------------------
-    def plan(self, param_groups: list[dict[str, Any]]) -> StepPlan | None:
+    def plan(self, param_groups: list[dict[str, Any]], hooks: GradHooks | None = None,
+             multiplier: Tensor | None = None, found_inf: Tensor | None = None) -> StepPlan | None:
         """Gather the gradients, decide the clip and the skip. None when no parameter has a
-        gradient."""
+        gradient.
+
+        ``hooks`` supplies norms measured during backward. ``multiplier`` and ``found_inf`` come
+        from GradScaler: the gradients are still scaled, so every norm is taken times the
+        inverse scale, the inverse scale joins the clip scale, and a found inf skips the step.
+        """
         self.poll(param_groups)
         params: list[Tensor] = []
         grads: list[Tensor] = []
@@ -158,9 +164,12 @@ class GuardCore:
                 owners.append(gi)
         if not params:
             return None
-        stats = GradStats(params, grads)
+        stats = GradStats(params, grads, hooks, multiplier)
         grad_norm = stats.total_norm(list(range(len(grads))))
         skip = None if self.nonfinite == "off" else ~torch.isfinite(grad_norm)
+        if found_inf is not None:
+            inf = found_inf.to(device=grad_norm.device, dtype=torch.bool)
+            skip = inf if skip is None else skip | inf
 
         buckets: dict[int, tuple[ClipPolicy, list[int]]] = {}
         for k, gi in enumerate(owners):
@@ -176,6 +185,13 @@ class GuardCore:
                 scales[k] = s
                 clamps[k] = decision.clamp
             mins.append(decision.min_scale.to(torch.float32))
+        if multiplier is not None:  # fold GradScaler's unscale into the clip scale
+            folded: dict[int, Tensor] = {}
+            for k, s in enumerate(scales):
+                key = id(s)
+                if key not in folded:
+                    folded[key] = multiplier if s is None else s * multiplier.to(s.dtype)
+                scales[k] = folded[key]
         device = grad_norm.device
         clip_scale = torch.stack(mins).min() if mins else torch.ones((), device=device)
         clipped = clip_scale < 1

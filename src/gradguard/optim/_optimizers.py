@@ -12,6 +12,12 @@ between ``torch.optim.X`` and ``gradguard.X`` both ways. Every optimizer also ta
     after ``max_consecutive_skips`` such steps in a row the step raises
     :class:`gradguard.NonFiniteGradientError`. ``"raise"``: raise at the first bad step (this
     reads one flag on the host per step). ``"off"``: no check.
+``backend``
+    ``"auto"`` (default, or the ``GRADGUARD_BACKEND`` environment variable): torch's native
+    fused kernel where one is exact for the step (Adam, AdamW, SGD, Adagrad with one shared clip
+    scale), else the ``torch.compile``'d update, else (no compiler) the eager reference with a
+    warning. ``"native"``, ``"compiled"`` or ``"eager"`` force a path (``"native"`` falls back
+    to compiled where no native kernel fits).
 """
 
 from __future__ import annotations
@@ -21,6 +27,9 @@ from typing import Any
 
 import torch
 from torch import Tensor
+from torch.optim import adagrad as torch_adagrad
+from torch.optim import adam as torch_adam
+from torch.optim import sgd as torch_sgd
 
 from .. import rules
 from .._validation import (
@@ -85,6 +94,7 @@ class SGD(GuardedOptimizer):
         clip: ClipArg = None,
         nonfinite: str = "skip",
         max_consecutive_skips: int = 10,
+        backend: str | None = None,
     ) -> None:
         _check_lr(lr)
         check_nonneg("momentum", momentum)
@@ -98,13 +108,30 @@ class SGD(GuardedOptimizer):
                     "weight_decay": weight_decay, "nesterov": nesterov, "maximize": maximize,
                     "foreach": foreach, "differentiable": differentiable, "fused": fused}
         super().__init__(params, defaults, clip=clip, nonfinite=nonfinite,
-                         max_consecutive_skips=max_consecutive_skips)
+                         max_consecutive_skips=max_consecutive_skips, backend=backend)
 
     def _init_state(self, p: Tensor, group: dict[str, Any]) -> dict[str, Tensor]:
         if group["momentum"] == 0:
             return {}
         self._fresh[p] = torch.ones((), dtype=torch.bool, device=p.device)
         return {"momentum_buffer": _zeros(p)}
+
+    def _native_supported(self, group: dict[str, Any]) -> bool:
+        # Our momentum buffers start at zero (see `fresh`); with zero dampening the first
+        # update m*0 + g equals torch's clone of g, so the fused kernel is exact.
+        return group["momentum"] == 0 or group["dampening"] == 0
+
+    def _native_update(self, group: dict[str, Any], params: list[Tensor], grads: list[Tensor],
+                       states: list[dict[str, Tensor]], scale: Tensor | None,
+                       skip: Tensor | None) -> None:
+        momentum = group["momentum"]
+        buffers: list[Tensor | None] = (
+            [s["momentum_buffer"] for s in states] if momentum != 0 else [None] * len(params))
+        torch_sgd.sgd(
+            params, grads, buffers, fused=True, grad_scale=_inverse(scale),
+            found_inf=_found_inf(skip), weight_decay=group["weight_decay"], momentum=momentum,
+            lr=group["lr"], dampening=group["dampening"], nesterov=group["nesterov"],
+            maximize=group["maximize"])
 
 
 class Adam(GuardedOptimizer):
@@ -147,6 +174,7 @@ class Adam(GuardedOptimizer):
         clip: ClipArg = None,
         nonfinite: str = "skip",
         max_consecutive_skips: int = 10,
+        backend: str | None = None,
     ) -> None:
         _check_lr(lr)
         check_nonneg("eps", eps, "epsilon")
@@ -157,7 +185,7 @@ class Adam(GuardedOptimizer):
                     "capturable": capturable, "differentiable": differentiable, "fused": fused,
                     "decoupled_weight_decay": decoupled_weight_decay}
         super().__init__(params, defaults, clip=clip, nonfinite=nonfinite,
-                         max_consecutive_skips=max_consecutive_skips)
+                         max_consecutive_skips=max_consecutive_skips, backend=backend)
 
     def _init_state(self, p: Tensor, group: dict[str, Any]) -> dict[str, Tensor]:
         state = {"step": self._step_tensor(p),
@@ -166,6 +194,30 @@ class Adam(GuardedOptimizer):
         if group["amsgrad"]:
             state["max_exp_avg_sq"] = _zeros(p)
         return state
+
+    def _native_supported(self, group: dict[str, Any]) -> bool:
+        return True
+
+    def _native_update(self, group: dict[str, Any], params: list[Tensor], grads: list[Tensor],
+                       states: list[dict[str, Tensor]], scale: Tensor | None,
+                       skip: Tensor | None) -> None:
+        beta1, beta2 = group["betas"]
+        torch_adam.adam(
+            params, grads, [s["exp_avg"] for s in states], [s["exp_avg_sq"] for s in states],
+            [s["max_exp_avg_sq"] for s in states] if group["amsgrad"] else [],
+            [s["step"] for s in states], fused=True, grad_scale=_inverse(scale),
+            found_inf=_found_inf(skip), decoupled_weight_decay=group["decoupled_weight_decay"],
+            amsgrad=group["amsgrad"], beta1=beta1, beta2=beta2, lr=group["lr"],
+            weight_decay=group["weight_decay"], eps=group["eps"], maximize=group["maximize"])
+
+
+def _inverse(scale: Tensor | None) -> Tensor | None:
+    """torch's fused kernels divide by ``grad_scale``: hand them the inverse of our scale."""
+    return None if scale is None else (1.0 / scale).to(torch.float32)
+
+
+def _found_inf(skip: Tensor | None) -> Tensor | None:
+    return None if skip is None else skip.to(torch.float32)
 
 
 class AdamW(Adam):
@@ -198,12 +250,13 @@ class AdamW(Adam):
         clip: ClipArg = None,
         nonfinite: str = "skip",
         max_consecutive_skips: int = 10,
+        backend: str | None = None,
     ) -> None:
         super().__init__(params, lr, betas, eps, weight_decay, amsgrad, foreach=foreach,
                          maximize=maximize, capturable=capturable,
                          differentiable=differentiable, fused=fused,
                          decoupled_weight_decay=True, clip=clip, nonfinite=nonfinite,
-                         max_consecutive_skips=max_consecutive_skips)
+                         max_consecutive_skips=max_consecutive_skips, backend=backend)
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         super().__setstate__(state)
@@ -242,6 +295,7 @@ class NAdam(GuardedOptimizer):
         clip: ClipArg = None,
         nonfinite: str = "skip",
         max_consecutive_skips: int = 10,
+        backend: str | None = None,
     ) -> None:
         _check_lr(lr)
         check_nonneg("eps", eps, "epsilon")
@@ -254,7 +308,7 @@ class NAdam(GuardedOptimizer):
                     "foreach": foreach, "capturable": capturable,
                     "differentiable": differentiable}
         super().__init__(params, defaults, clip=clip, nonfinite=nonfinite,
-                         max_consecutive_skips=max_consecutive_skips)
+                         max_consecutive_skips=max_consecutive_skips, backend=backend)
 
     def _init_state(self, p: Tensor, group: dict[str, Any]) -> dict[str, Tensor]:
         return {"step": self._step_tensor(p),
@@ -293,6 +347,7 @@ class Adamax(GuardedOptimizer):
         clip: ClipArg = None,
         nonfinite: str = "skip",
         max_consecutive_skips: int = 10,
+        backend: str | None = None,
     ) -> None:
         _check_lr(lr)
         check_nonneg("eps", eps, "epsilon")
@@ -302,7 +357,7 @@ class Adamax(GuardedOptimizer):
                     "foreach": foreach, "maximize": maximize, "differentiable": differentiable,
                     "capturable": capturable}
         super().__init__(params, defaults, clip=clip, nonfinite=nonfinite,
-                         max_consecutive_skips=max_consecutive_skips)
+                         max_consecutive_skips=max_consecutive_skips, backend=backend)
 
     def _init_state(self, p: Tensor, group: dict[str, Any]) -> dict[str, Tensor]:
         return {"step": self._step_tensor(p),
@@ -343,6 +398,7 @@ class RMSprop(GuardedOptimizer):
         clip: ClipArg = None,
         nonfinite: str = "skip",
         max_consecutive_skips: int = 10,
+        backend: str | None = None,
     ) -> None:
         _check_lr(lr)
         check_nonneg("eps", eps, "epsilon")
@@ -354,7 +410,7 @@ class RMSprop(GuardedOptimizer):
                     "capturable": capturable, "foreach": foreach, "maximize": maximize,
                     "differentiable": differentiable}
         super().__init__(params, defaults, clip=clip, nonfinite=nonfinite,
-                         max_consecutive_skips=max_consecutive_skips)
+                         max_consecutive_skips=max_consecutive_skips, backend=backend)
 
     def _init_state(self, p: Tensor, group: dict[str, Any]) -> dict[str, Tensor]:
         state = {"step": self._step_tensor(p),
@@ -397,6 +453,7 @@ class Adagrad(GuardedOptimizer):
         clip: ClipArg = None,
         nonfinite: str = "skip",
         max_consecutive_skips: int = 10,
+        backend: str | None = None,
     ) -> None:
         _check_lr(lr)
         check_nonneg("lr_decay", lr_decay)
@@ -407,12 +464,24 @@ class Adagrad(GuardedOptimizer):
                     "initial_accumulator_value": initial_accumulator_value, "foreach": foreach,
                     "maximize": maximize, "differentiable": differentiable, "fused": fused}
         super().__init__(params, defaults, clip=clip, nonfinite=nonfinite,
-                         max_consecutive_skips=max_consecutive_skips)
+                         max_consecutive_skips=max_consecutive_skips, backend=backend)
 
     def _init_state(self, p: Tensor, group: dict[str, Any]) -> dict[str, Tensor]:
         init = group["initial_accumulator_value"]
         return {"step": self._step_tensor(p),
                 "sum": torch.full_like(p, init, memory_format=torch.preserve_format)}
+
+    def _native_supported(self, group: dict[str, Any]) -> bool:
+        return True
+
+    def _native_update(self, group: dict[str, Any], params: list[Tensor], grads: list[Tensor],
+                       states: list[dict[str, Tensor]], scale: Tensor | None,
+                       skip: Tensor | None) -> None:
+        torch_adagrad.adagrad(
+            params, grads, [s["sum"] for s in states], [s["step"] for s in states], fused=True,
+            grad_scale=_inverse(scale), found_inf=_found_inf(skip), lr=group["lr"],
+            weight_decay=group["weight_decay"], lr_decay=group["lr_decay"], eps=group["eps"],
+            maximize=group["maximize"])
 
 
 class Adadelta(GuardedOptimizer):
@@ -446,6 +515,7 @@ class Adadelta(GuardedOptimizer):
         clip: ClipArg = None,
         nonfinite: str = "skip",
         max_consecutive_skips: int = 10,
+        backend: str | None = None,
     ) -> None:
         _check_lr(lr)
         check_unit_interval("rho", rho, closed_right=True)
@@ -455,7 +525,7 @@ class Adadelta(GuardedOptimizer):
                     "maximize": maximize, "capturable": capturable, "foreach": foreach,
                     "differentiable": differentiable}
         super().__init__(params, defaults, clip=clip, nonfinite=nonfinite,
-                         max_consecutive_skips=max_consecutive_skips)
+                         max_consecutive_skips=max_consecutive_skips, backend=backend)
 
     def _init_state(self, p: Tensor, group: dict[str, Any]) -> dict[str, Tensor]:
         return {"step": self._step_tensor(p),
@@ -497,6 +567,7 @@ class LARS(GuardedOptimizer):
         clip: ClipArg = None,
         nonfinite: str = "skip",
         max_consecutive_skips: int = 10,
+        backend: str | None = None,
     ) -> None:
         _check_lr(lr)
         check_unit_interval("momentum", momentum)
@@ -506,7 +577,7 @@ class LARS(GuardedOptimizer):
                     "trust_coefficient": trust_coefficient,
                     "exclude_bias_and_norm": exclude_bias_and_norm, "maximize": maximize}
         super().__init__(params, defaults, clip=clip, nonfinite=nonfinite,
-                         max_consecutive_skips=max_consecutive_skips)
+                         max_consecutive_skips=max_consecutive_skips, backend=backend)
 
     def _init_state(self, p: Tensor, group: dict[str, Any]) -> dict[str, Tensor]:
         return {"momentum_buffer": _zeros(p)}
@@ -540,6 +611,7 @@ class LAMB(GuardedOptimizer):
         clip: ClipArg = None,
         nonfinite: str = "skip",
         max_consecutive_skips: int = 10,
+        backend: str | None = None,
     ) -> None:
         _check_lr(lr)
         check_nonneg("eps", eps, "epsilon")
@@ -548,7 +620,7 @@ class LAMB(GuardedOptimizer):
         defaults = {"lr": lr, "betas": betas, "eps": eps, "weight_decay": weight_decay,
                     "maximize": maximize}
         super().__init__(params, defaults, clip=clip, nonfinite=nonfinite,
-                         max_consecutive_skips=max_consecutive_skips)
+                         max_consecutive_skips=max_consecutive_skips, backend=backend)
 
     def _init_state(self, p: Tensor, group: dict[str, Any]) -> dict[str, Tensor]:
         return {"step": self._step_tensor(p),
@@ -583,13 +655,14 @@ class Lion(GuardedOptimizer):
         clip: ClipArg = None,
         nonfinite: str = "skip",
         max_consecutive_skips: int = 10,
+        backend: str | None = None,
     ) -> None:
         _check_lr(lr)
         check_betas(betas)
         check_nonneg("weight_decay", weight_decay)
         defaults = {"lr": lr, "betas": betas, "weight_decay": weight_decay, "maximize": maximize}
         super().__init__(params, defaults, clip=clip, nonfinite=nonfinite,
-                         max_consecutive_skips=max_consecutive_skips)
+                         max_consecutive_skips=max_consecutive_skips, backend=backend)
 
     def _init_state(self, p: Tensor, group: dict[str, Any]) -> dict[str, Tensor]:
         return {"exp_avg": _zeros(p)}

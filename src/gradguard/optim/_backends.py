@@ -1,0 +1,138 @@
+"""How an update rule runs over a param group: one definition, several executions.
+
+- ``eager``: :func:`update_tensors`, the readable reference — the rule applied tensor by tensor,
+  each result committed (or, on a skipped step, not) with ``torch.where``.
+- ``compiled``: the same function through ``torch.compile`` (C++/OpenMP on CPU, Triton on GPU):
+  clip scale, update and commit fuse into one pass per tensor, so each gradient is read once
+  and never written. Tensors are flattened to 1-D and processed in chunks of :data:`CHUNK`
+  with dynamic shapes, so one compiled kernel serves every chunk of a model; the learning rate
+  is a tensor input, so LR schedules and changing clip scales never recompile.
+- ``native``: torch's own fused kernels (Adam, AdamW, SGD, Adagrad) where they are exact for the
+  step: the clip scale (times GradScaler's) goes in as their ``grad_scale`` and the non-finite
+  skip as their ``found_inf``, as GradScaler itself does. Chosen by the optimizer class.
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+from collections.abc import Callable
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from ._core import commit
+
+BACKENDS = ("auto", "native", "compiled", "eager")
+CHUNK = 8  # tensors per compiled call: bounds compile time, reused for every chunk
+RECOMPILE_LIMIT = 256
+
+Rule = Callable[..., tuple[Tensor, dict[str, Tensor]]]
+
+
+def default_backend() -> str:
+    """``GRADGUARD_BACKEND`` if set (one of :data:`BACKENDS`), else ``"auto"``."""
+    value = os.environ.get("GRADGUARD_BACKEND", "auto")
+    if value not in BACKENDS:
+        raise ValueError(f"Invalid GRADGUARD_BACKEND: {value!r}; valid choices are "
+                         + ", ".join(repr(b) for b in BACKENDS))
+    return value
+
+
+def update_tensors(
+    rule: Rule,
+    params: list[Tensor],
+    grads: list[Tensor],
+    states: list[dict[str, Tensor]],
+    scales: list[Tensor | None],
+    clamp: float | None,
+    fresh: list[Tensor | None],
+    skip: Tensor | None,
+    lr: float | Tensor,
+    hparams: dict[str, Any],
+) -> None:
+    """Apply ``rule`` to every tensor: clip the gradient in registers (scale, then clamp),
+    update, and commit parameters and state unless ``skip``. The reference every fast path is
+    checked against, and the function the compiled path compiles."""
+    for i in range(len(params)):
+        g = grads[i]
+        s = scales[i]
+        if s is not None:
+            g = g * s.to(g.dtype)
+        if clamp is not None:
+            g = g.clamp(-clamp, clamp)
+        new_p, new_state = rule(params[i], g, states[i], lr=lr, fresh=fresh[i], **hparams)
+        commit(params[i], new_p, skip)
+        for key, value in new_state.items():
+            commit(states[i][key], value, skip)
+
+
+_compiled: Any = None
+_compile_failed: str | None = None
+
+
+def _compiled_update() -> Any:
+    global _compiled
+    if _compiled is None:
+        _compiled = torch.compile(update_tensors, dynamic=True, fullgraph=True)
+    return _compiled
+
+
+def compile_available() -> bool:
+    """False once compiling has failed in this process (then the eager path is used)."""
+    return _compile_failed is None
+
+
+def _flat(t: Tensor) -> Tensor:
+    return t.view(-1) if t.dim() != 1 and t.is_contiguous() else t
+
+
+def run_compiled(
+    rule: Rule,
+    params: list[Tensor],
+    grads: list[Tensor],
+    states: list[dict[str, Tensor]],
+    scales: list[Tensor | None],
+    clamp: float | None,
+    fresh: list[Tensor | None],
+    skip: Tensor | None,
+    lr: float | Tensor,
+    hparams: dict[str, Any],
+) -> bool:
+    """The compiled path. Returns False (having changed nothing) if compiling failed; the
+    caller then runs the eager path."""
+    global _compile_failed
+    if _compile_failed is not None:
+        return False
+    device = params[0].device
+    lr_t = lr.to(device) if isinstance(lr, Tensor) else torch.tensor(
+        lr, dtype=torch.float64, device=device)
+    # Per-tensor scalar scales allow flattening; unit-wise scales (AGC) keep the shapes.
+    flatten = all(s is None or s.dim() == 0 for s in scales)
+    if flatten:
+        params = [_flat(p) for p in params]
+        grads = [_flat(g) for g in grads]
+        states = [{k: _flat(v) if v.dim() > 0 else v for k, v in st.items()} for st in states]
+    fn = _compiled_update()
+    # One compiled graph per (rule, settings, dtype, chunk length): more than dynamo's default
+    # of 8 for one function. Raised only around our own calls.
+    limits = torch._dynamo.config.patch(recompile_limit=RECOMPILE_LIMIT,
+                                        accumulated_recompile_limit=4 * RECOMPILE_LIMIT)
+    for start in range(0, len(params), CHUNK):
+        end = start + CHUNK
+        try:
+            with limits:
+                fn(rule, params[start:end], grads[start:end], states[start:end],
+                   scales[start:end], clamp, fresh[start:end], skip, lr_t, hparams)
+        except Exception as e:  # compiler missing or broken: fall back, once, loudly
+            if start != 0:
+                raise
+            _compile_failed = f"{type(e).__name__}: {e}"
+            warnings.warn(
+                "gradguard: torch.compile is not available here "
+                f"({_compile_failed.splitlines()[0][:200]}); using the eager path, which is "
+                "correct but slower. Set GRADGUARD_BACKEND=eager to silence this.",
+                RuntimeWarning, stacklevel=3)
+            return False
+    return True
