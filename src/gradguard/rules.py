@@ -47,6 +47,18 @@ def _f64(step: Tensor) -> Tensor:
     return step if step.device.type == "mps" else step.to(torch.float64)
 
 
+@torch.library.custom_op("gradguard::scalar", mutates_args=())
+def _materialize(x: Tensor) -> Tensor:
+    """An opaque copy: under torch.compile it makes a 0-d coefficient a buffer computed once,
+    instead of an expression (a pow, a sqrt) the fused loop would re-evaluate per vector."""
+    return x.clone()
+
+
+@_materialize.register_fake
+def _(x: Tensor) -> Tensor:
+    return torch.empty_like(x)
+
+
 def _coef(x: Scalar, like: Tensor) -> Scalar:
     """A scalar coefficient (possibly computed in float64), cast to the precision the
     elementwise math runs in (float64 for float64 tensors, else float32), as torch.optim's
@@ -54,7 +66,8 @@ def _coef(x: Scalar, like: Tensor) -> Scalar:
     kernels vectorize. Python numbers pass through unchanged."""
     if not isinstance(x, Tensor):
         return x
-    return x.to(torch.float64 if like.dtype == torch.float64 else torch.float32)
+    x = x.to(torch.float64 if like.dtype == torch.float64 else torch.float32)
+    return _materialize(x) if torch.compiler.is_compiling() else x
 
 
 def _trust(num: Tensor, den: Tensor) -> Tensor:

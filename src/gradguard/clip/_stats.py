@@ -29,15 +29,32 @@ def unitwise_norm(t: Tensor) -> Tensor:
     return torch.linalg.vector_norm(t, dim=tuple(range(1, t.dim())), keepdim=True, dtype=dtype)
 
 
+_DOT_MIN = 1 << 16  # elements from which a CPU 2-norm uses torch.dot
+
+
 def measure(tensors: list[Tensor], norm_type: float) -> list[Tensor]:
     """The ``norm_type``-norm of each tensor (all of one device and dtype): one multi-tensor
     kernel where torch has it, so a norm measured in a backward hook and one measured at the step
     are the same arithmetic."""
     if not tensors:
         return []
-    if tensors[0].dtype in (torch.float32, torch.float64) and norm_type in (1.0, 2.0, math.inf):
+    dtype = tensors[0].dtype
+    if dtype not in (torch.float32, torch.float64) or norm_type not in (1.0, 2.0, math.inf):
+        return [torch.linalg.vector_norm(t, norm_type, dtype=_norm_dtype(t)) for t in tensors]
+    if norm_type != 2.0 or tensors[0].device.type != "cpu":
         return list(torch._foreach_norm(tensors, norm_type))
-    return [torch.linalg.vector_norm(t, norm_type, dtype=_norm_dtype(t)) for t in tensors]
+    # On the CPU, BLAS's dot reads a large tensor faster than the norm kernel does.
+    out: list[Tensor | None] = [None] * len(tensors)
+    small = [i for i, t in enumerate(tensors) if t.numel() < _DOT_MIN or not t.is_contiguous()]
+    if small:
+        norms = torch._foreach_norm([tensors[i] for i in small], 2.0)
+        for i, n in zip(small, norms, strict=True):
+            out[i] = n
+    for i, t in enumerate(tensors):
+        if out[i] is None:
+            flat = t.view(-1)
+            out[i] = torch.dot(flat, flat).sqrt()
+    return [n for n in out if n is not None]
 
 
 def combine_norms(norms: list[Tensor], norm_type: float) -> Tensor:
