@@ -1,10 +1,15 @@
-"""Test configuration: make the src layout importable without an installed package."""
+"""Test configuration: make the src layout importable without an installed package, and run
+the generic optimizer tests on the eager reference backend (the fast paths are compared with
+it explicitly in test_backends.py; compiling every configuration would take far too long)."""
 
 from __future__ import annotations
 
 import importlib.util
+import os
 import sys
 from pathlib import Path
+
+os.environ.setdefault("GRADGUARD_BACKEND", "eager")
 
 _SRC = Path(__file__).resolve().parents[1] / "src"
 if importlib.util.find_spec("gradguard") is None and _SRC.is_dir():
