@@ -62,7 +62,7 @@ def combine_norms(norms: list[Tensor], norm_type: float) -> Tensor:
     if not norms:
         return torch.zeros(())
     dtype = torch.float64 if any(n.dtype == torch.float64 for n in norms) else torch.float32
-    stacked = torch.stack([n.to(dtype) for n in norms])
+    stacked = torch.stack([n if n.dtype == dtype else n.to(dtype) for n in norms])
     return torch.linalg.vector_norm(stacked, norm_type)
 
 
@@ -89,6 +89,7 @@ class GradStats:
         self.multiplier = multiplier
         self._norms: dict[float, list[Tensor]] = {}
         self._units: dict[int, Tensor] = {}
+        self._totals: dict[tuple[float, tuple[int, ...]], Tensor] = {}
 
     def norms(self, norm_type: float = 2.0) -> list[Tensor]:
         """The ``norm_type``-norm of every gradient (0-d tensors, float32 or float64)."""
@@ -121,8 +122,13 @@ class GradStats:
 
     def total_norm(self, idx: list[int], norm_type: float = 2.0) -> Tensor:
         """The ``norm_type``-norm of the gradients at ``idx`` taken together."""
-        norms = self.norms(norm_type)
-        return combine_norms([norms[i] for i in idx], norm_type)
+        key = (float(norm_type), tuple(idx))
+        total = self._totals.get(key)
+        if total is None:
+            norms = self.norms(norm_type)
+            total = combine_norms([norms[i] for i in idx], norm_type)
+            self._totals[key] = total
+        return total
 
     def unit_norms(self, i: int) -> Tensor:
         """Unit-wise gradient norms of tensor ``i`` (see :func:`unitwise_norm`)."""

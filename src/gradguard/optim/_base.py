@@ -10,7 +10,7 @@ from torch import Tensor
 from torch.optim import Optimizer
 
 from .._validation import check_choice
-from ..clip import AGC, ClipPolicy, GlobalNorm, GradHooks, Norm, Value, resolve
+from ..clip import ClipPolicy, GradHooks, resolve
 from ._backends import BACKENDS, default_backend, run_compiled, update_tensors
 from ._core import GuardCore, GuardReadouts, export_groups, restore_group_clips
 
@@ -71,16 +71,7 @@ class GuardedOptimizer(GuardReadouts, Optimizer):
         """(Re)register the backward hooks that measure what the clip policies will ask for."""
         if self._hooks is not None:
             self._hooks.remove()
-        policies = [self._core.clip] + [g.get("clip") for g in self.param_groups]
-        norm_types = {2.0}
-        for p in policies:
-            if isinstance(p, Value):
-                norm_types.add(float("inf"))
-            elif isinstance(p, Norm | GlobalNorm):
-                norm_types.add(p.norm_type)
-        units = any(isinstance(p, AGC) for p in policies)
-        params = [p for g in self.param_groups for p in g["params"]]
-        self._hooks = GradHooks(params, norm_types=norm_types, units=units)
+        self._hooks = self._core.make_hooks(self.param_groups)
 
     def __getstate__(self) -> dict[str, Any]:
         state = dict(super().__getstate__())

@@ -14,7 +14,7 @@ import torch
 from torch import Tensor
 
 from .._validation import check_choice
-from ..clip import ClipPolicy, GradHooks, GradStats, resolve
+from ..clip import AGC, ClipPolicy, GlobalNorm, GradHooks, GradStats, Norm, Value, resolve
 from ..errors import NonFiniteGradientError
 
 NONFINITE_MODES = ("skip", "raise", "off")
@@ -137,6 +137,21 @@ class GuardCore:
             policy: ClipPolicy | None = group["clip"]
             return policy
         return self.clip
+
+    def make_hooks(self, param_groups: list[dict[str, Any]]) -> GradHooks:
+        """Backward hooks on every parameter, measuring what the clip policies will ask for:
+        the 2-norm always (the guard and the record need it), the inf-norm for Value or an
+        inf-norm policy, unit-wise norms for AGC."""
+        policies = [self.clip] + [g.get("clip") for g in param_groups]
+        norm_types = {2.0}
+        for p in policies:
+            if isinstance(p, Value):
+                norm_types.add(float("inf"))
+            elif isinstance(p, Norm | GlobalNorm):
+                norm_types.add(p.norm_type)
+        units = any(isinstance(p, AGC) for p in policies)
+        params = [p for g in param_groups for p in g["params"]]
+        return GradHooks(params, norm_types=norm_types, units=units)
 
     # -- a step -----------------------------------------------------------------------------
     def plan(self, param_groups: list[dict[str, Any]], hooks: GradHooks | None = None,

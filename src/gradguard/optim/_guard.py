@@ -38,6 +38,7 @@ class Guarded(GuardReadouts, Optimizer):
         for group in optimizer.param_groups:
             if "clip" in group:
                 group["clip"] = resolve(group["clip"], "param group clip")
+        self._hooks = self._core.make_hooks(optimizer.param_groups)
 
     @property
     def param_groups(self) -> list[dict[str, Any]]:
@@ -62,6 +63,8 @@ class Guarded(GuardReadouts, Optimizer):
         if "clip" in param_group:
             param_group["clip"] = resolve(param_group["clip"], "param group clip")
         self.optimizer.add_param_group(param_group)
+        self._hooks.remove()
+        self._hooks = self._core.make_hooks(self.param_groups)
 
     def zero_grad(self, set_to_none: bool = True) -> None:
         self.optimizer.zero_grad(set_to_none=set_to_none)
@@ -99,7 +102,7 @@ class Guarded(GuardReadouts, Optimizer):
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
-        plan = self._core.plan(self.param_groups)
+        plan = self._core.plan(self.param_groups, hooks=self._hooks)
         if plan is None:
             self.optimizer.step()
             return loss
