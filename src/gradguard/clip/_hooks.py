@@ -3,9 +3,15 @@
 A post-accumulate-grad hook on every parameter records the norms of its gradient together with
 the identity and version counter of the gradient tensor it measured. At the step a recorded norm
 is used only if ``p.grad`` is still that same tensor at that same version; anything that
-changed the gradient after the hook fired (gradient accumulation, an in-place edit, GradScaler's
-unscale, DDP's all-reduce, a replaced ``.grad``) changes one of the two, and the norm is measured
-again. Nothing is assumed.
+changed the gradient after the hook fired (gradient accumulation, an in-place edit, DDP's
+all-reduce, a replaced ``.grad``) changes one of the two, and the norm is measured again.
+
+Two writers do not bump the version counter, and are handled by protocol instead: GradScaler's
+``unscale_`` (the optimizer sees ``found_inf`` without ``grad_scale`` and measures again) and
+torch's fused kernels writing ``grad / grad_scale`` back (the optimizer calls :meth:`forget`).
+One cannot be seen at all: an edit through ``.data`` (``p.grad.data.mul_(2)``) bypasses the
+version counter by design; code that does that should create the optimizer with
+``measure_in_backward=False``, or edit ``p.grad`` itself.
 """
 
 from __future__ import annotations
@@ -50,7 +56,7 @@ class GradHooks:
                  units: bool = False) -> None:
         self.norm_types = tuple(sorted({float(t) for t in norm_types}))
         self.units = units
-        self.hits = 0  # lookups answered from a hook (for tests and benchmarks)
+        self.hits = 0  # norm lookups answered from a hook (for tests and benchmarks)
         self.misses = 0
         self._records: dict[int, _Record] = {}
         self._handles = []
@@ -91,6 +97,12 @@ class GradHooks:
         """The recorded unit-wise norms of ``p.grad`` (see ``unitwise_norm``), or None."""
         rec = self._valid(p)
         return None if rec is None else rec.units
+
+    def forget(self, params: Iterable[Tensor]) -> None:
+        """Drop the records of ``params`` (their gradients were changed in a way the version
+        counter does not show, e.g. written by a fused kernel)."""
+        for p in params:
+            self._records.pop(id(p), None)
 
     def remove(self) -> None:
         """Remove the hooks and forget every record."""

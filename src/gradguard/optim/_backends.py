@@ -106,8 +106,10 @@ def run_compiled(
     if _compile_failed is not None:
         return False
     device = params[0].device
-    lr_t = lr.to(device) if isinstance(lr, Tensor) else torch.tensor(
-        lr, dtype=torch.float64, device=device)
+    # float32, 0-d: dynamo treats a 0-d float64 CPU tensor like a Python float and would guard
+    # on its value (a host read per step).
+    lr_t = (lr if isinstance(lr, Tensor) else torch.tensor(lr)).to(device=device,
+                                                                    dtype=torch.float32)
     # Per-tensor scalar scales allow flattening; unit-wise scales (AGC) keep the shapes.
     flatten = all(s is None or s.dim() == 0 for s in scales)
     if flatten:

@@ -42,6 +42,7 @@ class GuardedOptimizer(GuardReadouts, Optimizer):
         nonfinite: str,
         max_consecutive_skips: int,
         backend: str | None = None,
+        measure_in_backward: bool = True,
     ) -> None:
         if defaults.get("differentiable"):
             raise ValueError("Invalid differentiable: True; gradguard optimizers do not support "
@@ -51,6 +52,7 @@ class GuardedOptimizer(GuardReadouts, Optimizer):
         self.backend = backend
         self._core = GuardCore(clip, nonfinite, max_consecutive_skips)
         self._hooks: GradHooks | None = None
+        self.measure_in_backward = bool(measure_in_backward)
         # Momentum buffers that take the first gradient as is (SGD) need to know, without a
         # host read, whether a skipped step left them uninitialised.
         self._fresh: dict[Tensor, Tensor] = {}
@@ -71,18 +73,27 @@ class GuardedOptimizer(GuardReadouts, Optimizer):
         """(Re)register the backward hooks that measure what the clip policies will ask for."""
         if self._hooks is not None:
             self._hooks.remove()
-        self._hooks = self._core.make_hooks(self.param_groups)
+            self._hooks = None
+        if self.__dict__.get("measure_in_backward", True):
+            self._hooks = self._core.make_hooks(self.param_groups)
 
     def __getstate__(self) -> dict[str, Any]:
         state = dict(super().__getstate__())
-        state.pop("_hooks", None)  # hooks belong to these parameter objects; re-made on load
+        # torch keeps defaults, state and param_groups; ours too. Hooks belong to these
+        # parameter objects and are made anew for the copy.
+        for key in ("_core", "backend", "_fresh", "_hparam_keys", "measure_in_backward"):
+            state[key] = self.__dict__[key]
         return state
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         super().__setstate__(state)
         if "_hooks" not in self.__dict__:  # unpickled or deep-copied: hook the new parameters
             self._hooks = None
-            self.backend = self.__dict__.get("backend", "auto")
+            self.__dict__.setdefault("backend", "auto")
+            self.__dict__.setdefault("_fresh", {})
+            self.__dict__.setdefault("_hparam_keys", tuple(self.defaults))
+            if "_core" not in self.__dict__:
+                self._core = GuardCore(None, "skip", 10)
             self._attach_hooks()
         # Groups saved by an older version (or by torch) get the defaults of keys they lack.
         for group in self.param_groups:
@@ -120,8 +131,13 @@ class GuardedOptimizer(GuardReadouts, Optimizer):
         # Set by torch.amp.GradScaler.step (we declare _step_supports_amp_scaling).
         grad_scale: Tensor | None = getattr(self, "grad_scale", None)
         found_inf: Tensor | None = getattr(self, "found_inf", None)
+        hooks = self._hooks
+        if found_inf is not None and grad_scale is None:
+            # GradScaler.unscale_ ran: it rescaled the gradients in place without bumping their
+            # version counters (on the CPU), so norms measured in backward are stale.
+            hooks = None
         plan = self._core.plan(
-            self.param_groups, hooks=self._hooks,
+            self.param_groups, hooks=hooks,
             multiplier=None if grad_scale is None else 1.0 / grad_scale.to(torch.float32),
             found_inf=found_inf)
         if plan is None:
@@ -153,6 +169,10 @@ class GuardedOptimizer(GuardReadouts, Optimizer):
             ok, shared = self._native_scale(group, params, grads, scales, clamp)
             if ok:
                 self._native_update(group, params, grads, states, shared, skip)
+                if shared is not None and self._hooks is not None:
+                    # torch's fused kernels write grad / grad_scale back into .grad, without a
+                    # version bump: forget what the hooks measured.
+                    self._hooks.forget(params)
                 return
         if self.backend != "eager" and run_compiled(type(self)._rule, params, grads, states,
                                                     scales, clamp, fresh, skip, lr, hparams):

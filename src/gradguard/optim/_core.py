@@ -129,6 +129,11 @@ class GuardCore:
         self.last_step: StepRecord | None = None
         self._mirror: _HostMirror | None = None
 
+    def __getstate__(self) -> dict[str, Any]:
+        state = dict(self.__dict__)
+        state["_mirror"] = None  # pinned memory and CUDA events do not copy
+        return state
+
     # -- policies -------------------------------------------------------------------------
     def policy_of(self, group: dict[str, Any]) -> ClipPolicy | None:
         """A group's own ``clip`` if it has the key (None there means: do not clip this group),

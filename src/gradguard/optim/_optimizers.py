@@ -18,6 +18,11 @@ between ``torch.optim.X`` and ``gradguard.X`` both ways. Every optimizer also ta
     scale), else the ``torch.compile``'d update, else (no compiler) the eager reference with a
     warning. ``"native"``, ``"compiled"`` or ``"eager"`` force a path (``"native"`` falls back
     to compiled where no native kernel fits).
+``measure_in_backward``
+    measure gradient norms during backward with per-parameter hooks (default), so the clip
+    needs no extra pass over the gradients at the step. Records are checked against the
+    gradient's identity and version counter before use; turn this off for code that edits
+    gradients through ``.data``, which bypasses the version counter.
 """
 
 from __future__ import annotations
@@ -95,6 +100,7 @@ class SGD(GuardedOptimizer):
         nonfinite: str = "skip",
         max_consecutive_skips: int = 10,
         backend: str | None = None,
+        measure_in_backward: bool = True,
     ) -> None:
         _check_lr(lr)
         check_nonneg("momentum", momentum)
@@ -108,7 +114,8 @@ class SGD(GuardedOptimizer):
                     "weight_decay": weight_decay, "nesterov": nesterov, "maximize": maximize,
                     "foreach": foreach, "differentiable": differentiable, "fused": fused}
         super().__init__(params, defaults, clip=clip, nonfinite=nonfinite,
-                         max_consecutive_skips=max_consecutive_skips, backend=backend)
+                         max_consecutive_skips=max_consecutive_skips, backend=backend,
+                         measure_in_backward=measure_in_backward)
 
     def _init_state(self, p: Tensor, group: dict[str, Any]) -> dict[str, Tensor]:
         if group["momentum"] == 0:
@@ -175,6 +182,7 @@ class Adam(GuardedOptimizer):
         nonfinite: str = "skip",
         max_consecutive_skips: int = 10,
         backend: str | None = None,
+        measure_in_backward: bool = True,
     ) -> None:
         _check_lr(lr)
         check_nonneg("eps", eps, "epsilon")
@@ -185,7 +193,8 @@ class Adam(GuardedOptimizer):
                     "capturable": capturable, "differentiable": differentiable, "fused": fused,
                     "decoupled_weight_decay": decoupled_weight_decay}
         super().__init__(params, defaults, clip=clip, nonfinite=nonfinite,
-                         max_consecutive_skips=max_consecutive_skips, backend=backend)
+                         max_consecutive_skips=max_consecutive_skips, backend=backend,
+                         measure_in_backward=measure_in_backward)
 
     def _init_state(self, p: Tensor, group: dict[str, Any]) -> dict[str, Tensor]:
         state = {"step": self._step_tensor(p),
@@ -251,12 +260,14 @@ class AdamW(Adam):
         nonfinite: str = "skip",
         max_consecutive_skips: int = 10,
         backend: str | None = None,
+        measure_in_backward: bool = True,
     ) -> None:
         super().__init__(params, lr, betas, eps, weight_decay, amsgrad, foreach=foreach,
                          maximize=maximize, capturable=capturable,
                          differentiable=differentiable, fused=fused,
                          decoupled_weight_decay=True, clip=clip, nonfinite=nonfinite,
-                         max_consecutive_skips=max_consecutive_skips, backend=backend)
+                         max_consecutive_skips=max_consecutive_skips, backend=backend,
+                         measure_in_backward=measure_in_backward)
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         super().__setstate__(state)
@@ -296,6 +307,7 @@ class NAdam(GuardedOptimizer):
         nonfinite: str = "skip",
         max_consecutive_skips: int = 10,
         backend: str | None = None,
+        measure_in_backward: bool = True,
     ) -> None:
         _check_lr(lr)
         check_nonneg("eps", eps, "epsilon")
@@ -308,7 +320,8 @@ class NAdam(GuardedOptimizer):
                     "foreach": foreach, "capturable": capturable,
                     "differentiable": differentiable}
         super().__init__(params, defaults, clip=clip, nonfinite=nonfinite,
-                         max_consecutive_skips=max_consecutive_skips, backend=backend)
+                         max_consecutive_skips=max_consecutive_skips, backend=backend,
+                         measure_in_backward=measure_in_backward)
 
     def _init_state(self, p: Tensor, group: dict[str, Any]) -> dict[str, Tensor]:
         return {"step": self._step_tensor(p),
@@ -348,6 +361,7 @@ class Adamax(GuardedOptimizer):
         nonfinite: str = "skip",
         max_consecutive_skips: int = 10,
         backend: str | None = None,
+        measure_in_backward: bool = True,
     ) -> None:
         _check_lr(lr)
         check_nonneg("eps", eps, "epsilon")
@@ -357,7 +371,8 @@ class Adamax(GuardedOptimizer):
                     "foreach": foreach, "maximize": maximize, "differentiable": differentiable,
                     "capturable": capturable}
         super().__init__(params, defaults, clip=clip, nonfinite=nonfinite,
-                         max_consecutive_skips=max_consecutive_skips, backend=backend)
+                         max_consecutive_skips=max_consecutive_skips, backend=backend,
+                         measure_in_backward=measure_in_backward)
 
     def _init_state(self, p: Tensor, group: dict[str, Any]) -> dict[str, Tensor]:
         return {"step": self._step_tensor(p),
@@ -399,6 +414,7 @@ class RMSprop(GuardedOptimizer):
         nonfinite: str = "skip",
         max_consecutive_skips: int = 10,
         backend: str | None = None,
+        measure_in_backward: bool = True,
     ) -> None:
         _check_lr(lr)
         check_nonneg("eps", eps, "epsilon")
@@ -410,7 +426,8 @@ class RMSprop(GuardedOptimizer):
                     "capturable": capturable, "foreach": foreach, "maximize": maximize,
                     "differentiable": differentiable}
         super().__init__(params, defaults, clip=clip, nonfinite=nonfinite,
-                         max_consecutive_skips=max_consecutive_skips, backend=backend)
+                         max_consecutive_skips=max_consecutive_skips, backend=backend,
+                         measure_in_backward=measure_in_backward)
 
     def _init_state(self, p: Tensor, group: dict[str, Any]) -> dict[str, Tensor]:
         state = {"step": self._step_tensor(p),
@@ -454,6 +471,7 @@ class Adagrad(GuardedOptimizer):
         nonfinite: str = "skip",
         max_consecutive_skips: int = 10,
         backend: str | None = None,
+        measure_in_backward: bool = True,
     ) -> None:
         _check_lr(lr)
         check_nonneg("lr_decay", lr_decay)
@@ -464,7 +482,8 @@ class Adagrad(GuardedOptimizer):
                     "initial_accumulator_value": initial_accumulator_value, "foreach": foreach,
                     "maximize": maximize, "differentiable": differentiable, "fused": fused}
         super().__init__(params, defaults, clip=clip, nonfinite=nonfinite,
-                         max_consecutive_skips=max_consecutive_skips, backend=backend)
+                         max_consecutive_skips=max_consecutive_skips, backend=backend,
+                         measure_in_backward=measure_in_backward)
 
     def _init_state(self, p: Tensor, group: dict[str, Any]) -> dict[str, Tensor]:
         init = group["initial_accumulator_value"]
@@ -516,6 +535,7 @@ class Adadelta(GuardedOptimizer):
         nonfinite: str = "skip",
         max_consecutive_skips: int = 10,
         backend: str | None = None,
+        measure_in_backward: bool = True,
     ) -> None:
         _check_lr(lr)
         check_unit_interval("rho", rho, closed_right=True)
@@ -525,7 +545,8 @@ class Adadelta(GuardedOptimizer):
                     "maximize": maximize, "capturable": capturable, "foreach": foreach,
                     "differentiable": differentiable}
         super().__init__(params, defaults, clip=clip, nonfinite=nonfinite,
-                         max_consecutive_skips=max_consecutive_skips, backend=backend)
+                         max_consecutive_skips=max_consecutive_skips, backend=backend,
+                         measure_in_backward=measure_in_backward)
 
     def _init_state(self, p: Tensor, group: dict[str, Any]) -> dict[str, Tensor]:
         return {"step": self._step_tensor(p),
@@ -568,6 +589,7 @@ class LARS(GuardedOptimizer):
         nonfinite: str = "skip",
         max_consecutive_skips: int = 10,
         backend: str | None = None,
+        measure_in_backward: bool = True,
     ) -> None:
         _check_lr(lr)
         check_unit_interval("momentum", momentum)
@@ -577,7 +599,8 @@ class LARS(GuardedOptimizer):
                     "trust_coefficient": trust_coefficient,
                     "exclude_bias_and_norm": exclude_bias_and_norm, "maximize": maximize}
         super().__init__(params, defaults, clip=clip, nonfinite=nonfinite,
-                         max_consecutive_skips=max_consecutive_skips, backend=backend)
+                         max_consecutive_skips=max_consecutive_skips, backend=backend,
+                         measure_in_backward=measure_in_backward)
 
     def _init_state(self, p: Tensor, group: dict[str, Any]) -> dict[str, Tensor]:
         return {"momentum_buffer": _zeros(p)}
@@ -612,6 +635,7 @@ class LAMB(GuardedOptimizer):
         nonfinite: str = "skip",
         max_consecutive_skips: int = 10,
         backend: str | None = None,
+        measure_in_backward: bool = True,
     ) -> None:
         _check_lr(lr)
         check_nonneg("eps", eps, "epsilon")
@@ -620,7 +644,8 @@ class LAMB(GuardedOptimizer):
         defaults = {"lr": lr, "betas": betas, "eps": eps, "weight_decay": weight_decay,
                     "maximize": maximize}
         super().__init__(params, defaults, clip=clip, nonfinite=nonfinite,
-                         max_consecutive_skips=max_consecutive_skips, backend=backend)
+                         max_consecutive_skips=max_consecutive_skips, backend=backend,
+                         measure_in_backward=measure_in_backward)
 
     def _init_state(self, p: Tensor, group: dict[str, Any]) -> dict[str, Tensor]:
         return {"step": self._step_tensor(p),
@@ -656,13 +681,15 @@ class Lion(GuardedOptimizer):
         nonfinite: str = "skip",
         max_consecutive_skips: int = 10,
         backend: str | None = None,
+        measure_in_backward: bool = True,
     ) -> None:
         _check_lr(lr)
         check_betas(betas)
         check_nonneg("weight_decay", weight_decay)
         defaults = {"lr": lr, "betas": betas, "weight_decay": weight_decay, "maximize": maximize}
         super().__init__(params, defaults, clip=clip, nonfinite=nonfinite,
-                         max_consecutive_skips=max_consecutive_skips, backend=backend)
+                         max_consecutive_skips=max_consecutive_skips, backend=backend,
+                         measure_in_backward=measure_in_backward)
 
     def _init_state(self, p: Tensor, group: dict[str, Any]) -> dict[str, Tensor]:
         return {"exp_avg": _zeros(p)}

@@ -1,0 +1,623 @@
+"""The fast execution paths against the eager reference.
+
+- ``compiled`` (torch.compile of the reference update) vs ``eager`` for every optimizer and a
+  selection of clip policies, with a non-finite step in the middle: parameters, every state
+  tensor, clip-policy state and counters agree.
+- ``native`` / ``auto`` (torch's fused kernels) vs ``eager`` for Adam, AdamW, SGD and Adagrad,
+  checking which kernel really ran (counting wrappers around torch's ``_fused_*_`` ops), and
+  that ineligible settings do not use the fused kernel.
+- bfloat16 parameters on the compiled path.
+- A learning-rate schedule and a changing clip scale do not recompile.
+- A broken compiler falls back to eager with exactly one warning.
+- A healthy compiled or native step makes no host read.
+
+Compiling costs seconds per configuration, so every configuration here is compiled once (the
+combinations are chosen to share compiled graphs between tests) on four small tensors.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from collections import Counter
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import pytest
+import torch
+from torch import nn
+from torch._dynamo.utils import counters as dynamo_counters
+
+import gradguard
+from gradguard.optim import _backends, _base
+from helpers import assert_tree_equal, snapshot
+from optim_table import TABLE, OptimizerEntry
+
+ENTRIES = {e.name: e for e in TABLE}
+
+SHAPES: tuple[tuple[int, ...], ...] = ((12, 6), (12,), (3, 12), (3,))
+STEPS = 20
+NAN_STEP = 5  # a NaN in one gradient entry: both paths must skip this step
+SPIKE_STEP = 12  # a 30x larger gradient (what ZClip and AutoClip react to)
+RTOL, ATOL = 1e-5, 1e-6
+
+FUSED_OPS = ("_fused_adam_", "_fused_adamw_", "_fused_sgd_", "_fused_adagrad_")
+
+
+# --------------------------------------------------------------------------------------
+# helpers
+# --------------------------------------------------------------------------------------
+
+
+def make_params(
+    shapes: tuple[tuple[int, ...], ...] = SHAPES, dtype: torch.dtype = torch.float32, seed: int = 0
+) -> list[nn.Parameter]:
+    gen = torch.Generator().manual_seed(seed)
+    return [
+        nn.Parameter((torch.randn(s, generator=gen, dtype=torch.float64) * 0.5).to(dtype))
+        for s in shapes
+    ]
+
+
+def make_grads(
+    step: int,
+    shapes: tuple[tuple[int, ...], ...] = SHAPES,
+    dtype: torch.dtype = torch.float32,
+    *,
+    nan_step: int | None = NAN_STEP,
+) -> list[torch.Tensor]:
+    """Fresh random gradients for ``step``, of a magnitude that varies over two decades (so
+    global-norm clipping is active on some steps and not on others)."""
+    gen = torch.Generator().manual_seed(7919 + step)
+    magnitude = 10 ** (float(torch.rand((), generator=gen, dtype=torch.float64)) * 2.2 - 1.5)
+    if step == SPIKE_STEP:
+        magnitude *= 30
+    grads = [
+        (torch.randn(s, generator=gen, dtype=torch.float64) * magnitude).to(dtype) for s in shapes
+    ]
+    if step == nan_step:
+        grads[1].view(-1)[3] = float("nan")
+    return grads
+
+
+def set_grads(params: list[nn.Parameter], grads: list[torch.Tensor]) -> None:
+    for p, g in zip(params, grads, strict=True):
+        p.grad = g.clone()
+
+
+def assert_tree_close(a: Any, b: Any, *, rtol: float, atol: float, path: str = "") -> None:
+    """Nested dicts/lists of tensors: floating tensors close (``atol`` relative to the largest
+    magnitude of the expected tensor, at least 1), everything else equal."""
+    if isinstance(a, torch.Tensor) or isinstance(b, torch.Tensor):
+        assert isinstance(a, torch.Tensor) and isinstance(b, torch.Tensor), f"{path}: type"
+        assert a.dtype == b.dtype, f"{path}: dtype {a.dtype} != {b.dtype}"
+        assert a.shape == b.shape, f"{path}: shape {a.shape} != {b.shape}"
+        if a.is_floating_point():
+            ea, eb = a.detach().to(torch.float64), b.detach().to(torch.float64)
+            finite = eb[torch.isfinite(eb)]
+            scale = max(1.0, float(finite.abs().max())) if finite.numel() else 1.0
+            torch.testing.assert_close(
+                ea, eb, rtol=rtol, atol=atol * scale, equal_nan=True, msg=lambda m: f"{path}: {m}"
+            )
+        else:
+            assert torch.equal(a, b), f"{path}: {a} != {b}"
+    elif isinstance(a, dict):
+        assert isinstance(b, dict) and set(a) == set(b), f"{path}: keys {set(a)} != {set(b)}"
+        for key in a:
+            assert_tree_close(a[key], b[key], rtol=rtol, atol=atol, path=f"{path}/{key}")
+    elif isinstance(a, list | tuple):
+        assert isinstance(b, list | tuple) and len(a) == len(b), f"{path}: {a!r} != {b!r}"
+        for i, (x, y) in enumerate(zip(a, b, strict=True)):
+            assert_tree_close(x, y, rtol=rtol, atol=atol, path=f"{path}[{i}]")
+    else:
+        assert a == b, f"{path}: {a!r} != {b!r}"
+
+
+@contextmanager
+def count_paths(monkeypatch: pytest.MonkeyPatch) -> Iterator[Counter[str]]:
+    """Count which execution path runs: ``"compiled"`` (a call of the compiled update),
+    ``"eager"`` (the reference ``update_tensors``) and each of torch's fused optimizer ops.
+    Every wrapper calls the original."""
+    counts: Counter[str] = Counter()
+    with monkeypatch.context() as m:
+        original_compiled = _backends._compiled_update
+
+        def compiled_update() -> Any:
+            fn = original_compiled()
+
+            def counted(*args: Any, **kwargs: Any) -> Any:
+                counts["compiled"] += 1
+                return fn(*args, **kwargs)
+
+            return counted
+
+        m.setattr(_backends, "_compiled_update", compiled_update)
+        original_eager = _base.update_tensors
+
+        def eager(*args: Any, **kwargs: Any) -> Any:
+            counts["eager"] += 1
+            return original_eager(*args, **kwargs)
+
+        m.setattr(_base, "update_tensors", eager)
+        for name in FUSED_OPS:
+            original = getattr(torch, name)
+
+            def fused(*args: Any, _o: Any = original, _n: str = name, **kwargs: Any) -> Any:
+                counts[_n] += 1
+                return _o(*args, **kwargs)
+
+            m.setattr(torch, name, fused)
+        yield counts
+
+
+def run_pair(
+    name: str,
+    config: dict[str, Any],
+    clip: str | None,
+    backend: str,
+    *,
+    dtype: torch.dtype = torch.float32,
+    shapes: tuple[tuple[int, ...], ...] = SHAPES,
+    steps: int = STEPS,
+    rtol: float = RTOL,
+    atol: float = ATOL,
+    lr_lambda: Callable[[int], float] | None = None,
+    after_step: Callable[[int, torch.optim.Optimizer], None] | None = None,
+) -> tuple[torch.optim.Optimizer, torch.optim.Optimizer]:
+    """Train the same parameters with ``backend`` and with ``eager`` on identical gradients,
+    asserting after every step that the two agree and that the NaN step changed nothing."""
+    cls = getattr(gradguard, name)
+    params_a, params_b = make_params(shapes, dtype), make_params(shapes, dtype)
+    opt_a = cls(params_a, clip=clip, backend=backend, **config)
+    opt_b = cls(params_b, clip=clip, backend="eager", **config)
+    assert (opt_a.backend, opt_b.backend) == (backend, "eager")
+    scheds = []
+    if lr_lambda is not None:
+        scheds = [torch.optim.lr_scheduler.LambdaLR(o, lr_lambda) for o in (opt_a, opt_b)]
+    for step in range(steps):
+        grads = make_grads(step, shapes, dtype)
+        set_grads(params_a, grads)
+        set_grads(params_b, grads)
+        before = [p.detach().clone() for p in params_a]
+        sd_before = snapshot(opt_a.state_dict())
+        opt_a.step()
+        opt_b.step()
+        for s in scheds:
+            s.step()
+        rec_a, rec_b = opt_a.last_step, opt_b.last_step
+        assert rec_a is not None and rec_b is not None
+        assert bool(rec_a.skipped) == bool(rec_b.skipped) == (step == NAN_STEP), step
+        assert bool(rec_a.clipped) == bool(rec_b.clipped), step
+        if step == NAN_STEP:
+            for i, (p, b) in enumerate(zip(params_a, before, strict=True)):
+                assert torch.equal(p, b), f"{backend}: param {i} changed by the NaN step"
+            assert_tree_equal(opt_a.state_dict()["state"], sd_before["state"], "state")
+        else:
+            torch.testing.assert_close(rec_a.grad_norm, rec_b.grad_norm, rtol=rtol, atol=0.0)
+            torch.testing.assert_close(rec_a.clip_scale, rec_b.clip_scale, rtol=rtol, atol=atol)
+        for i, (pa, pb) in enumerate(zip(params_a, params_b, strict=True)):
+            torch.testing.assert_close(
+                pa.detach().to(torch.float64),
+                pb.detach().to(torch.float64),
+                rtol=rtol,
+                atol=atol,
+                msg=lambda m, i=i, s=step: f"{name} {backend} step {s} param {i}: {m}",
+            )
+        if after_step is not None:
+            after_step(step, opt_a)
+    sd_a, sd_b = opt_a.state_dict(), opt_b.state_dict()
+    assert sd_a["state"], "no optimizer state was created"
+    assert_tree_close(sd_a, sd_b, rtol=rtol, atol=atol)
+    assert int(opt_a.skipped_steps) == int(opt_b.skipped_steps) == 1
+    assert int(opt_a.clipped_steps) == int(opt_b.clipped_steps)
+    if clip is None:
+        assert int(opt_a.clipped_steps) == 0
+    else:  # the clip policy really acted on some steps (else the comparison proves little)
+        assert int(opt_a.clipped_steps) > 0
+    return opt_a, opt_b
+
+
+@pytest.fixture
+def compiler_ok() -> Iterator[None]:
+    """These tests are about the compiled path: it must be available before and after."""
+    assert _backends.compile_available(), _backends._compile_failed
+    yield
+    assert _backends.compile_available(), f"compiling failed: {_backends._compile_failed}"
+
+
+# --------------------------------------------------------------------------------------
+# 1. compiled vs eager
+# --------------------------------------------------------------------------------------
+
+# Every optimizer with global-norm clipping, and the other policies on a few optimizers each
+# (chosen so that the fallback cases of the native tests reuse these compiled graphs).
+COMPILED_CASES = [(e.name, "global_norm:1") for e in TABLE] + [
+    ("SGD", None),
+    ("Lion", None),
+    ("AdamW", "agc:0.01"),
+    ("LAMB", "agc:0.01"),
+    ("Adagrad", "value:0.1"),
+    ("RMSprop", "value:0.1"),
+    ("Adam", "zclip:2.5:warmup=3"),
+    ("LARS", "zclip:2.5:warmup=3"),
+    ("Adam", "norm:0.5"),
+]
+
+
+@pytest.mark.parametrize(
+    ("name", "clip"), [pytest.param(n, c, id=f"{n}-{c}") for n, c in COMPILED_CASES]
+)
+def test_compiled_matches_eager(
+    name: str, clip: str | None, monkeypatch: pytest.MonkeyPatch, compiler_ok: None
+) -> None:
+    entry: OptimizerEntry = ENTRIES[name]
+    with count_paths(monkeypatch) as counts:
+        run_pair(name, entry.main, clip, "compiled")
+    # every step of the compiled optimizer ran compiled (one chunk), the reference eagerly
+    assert counts["compiled"] == STEPS
+    assert counts["eager"] == STEPS
+    assert not any(counts[op] for op in FUSED_OPS)
+
+
+def test_compiled_cases_cover_every_optimizer_and_policy() -> None:
+    assert {n for n, _ in COMPILED_CASES} == set(ENTRIES)
+    kinds = {c.split(":")[0] if c else None for _, c in COMPILED_CASES}
+    assert kinds >= {None, "global_norm", "agc", "value", "zclip", "norm"}
+
+
+# --------------------------------------------------------------------------------------
+# 2. native (torch's fused kernels) vs eager
+# --------------------------------------------------------------------------------------
+
+NATIVE_CASES = [
+    ("Adam", {"lr": 1e-2, "weight_decay": 1e-2}, "_fused_adam_"),
+    ("Adam", {"lr": 1e-2, "amsgrad": True}, "_fused_adam_"),
+    ("AdamW", {"lr": 1e-2}, "_fused_adamw_"),
+    ("AdamW", {"lr": 1e-2, "weight_decay": 0.1, "amsgrad": True}, "_fused_adamw_"),
+    ("SGD", {"lr": 0.05, "momentum": 0.9, "weight_decay": 1e-2}, "_fused_sgd_"),
+    ("SGD", {"lr": 0.05, "momentum": 0.9, "nesterov": True}, "_fused_sgd_"),
+    ("SGD", {"lr": 0.05}, "_fused_sgd_"),
+    ("Adagrad", {"lr": 0.05, "lr_decay": 1e-2}, "_fused_adagrad_"),
+]
+
+
+def _cfg_id(config: dict[str, Any]) -> str:
+    return ",".join(f"{k}={v}" for k, v in config.items())
+
+
+@pytest.mark.parametrize("backend", ["native", "auto"])
+@pytest.mark.parametrize("clip", [None, "global_norm:1", "auto:10"])
+@pytest.mark.parametrize(
+    ("name", "config", "op"),
+    [pytest.param(n, c, op, id=f"{n}[{_cfg_id(c)}]") for n, c, op in NATIVE_CASES],
+)
+def test_native_matches_eager(
+    name: str,
+    config: dict[str, Any],
+    op: str,
+    clip: str | None,
+    backend: str,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    with count_paths(monkeypatch) as counts:
+        run_pair(name, config, clip, backend)
+    # one fused call per step (the NaN step included: it goes in as found_inf), no other path
+    # for the native optimizer; the eager reference ran once per step
+    assert counts[op] == STEPS, dict(counts)
+    assert sum(counts[o] for o in FUSED_OPS) == STEPS, dict(counts)
+    assert counts["compiled"] == 0
+    assert counts["eager"] == STEPS
+
+
+# Settings the fused kernels cannot do exactly: dampening (torch's fused SGD clones the first
+# gradient into the buffer), per-tensor / unit-wise scales (Norm, AGC) and a value clamp.
+NOT_NATIVE_CASES = [
+    ("SGD", ENTRIES["SGD"].main, "global_norm:1"),  # dampening=0.1
+    ("Adam", ENTRIES["Adam"].main, "norm:0.5"),
+    ("AdamW", ENTRIES["AdamW"].main, "agc:0.01"),
+    ("Adagrad", ENTRIES["Adagrad"].main, "value:0.1"),
+]
+
+
+@pytest.mark.parametrize("backend", ["native", "auto"])
+@pytest.mark.parametrize(
+    ("name", "config", "clip"),
+    [pytest.param(n, c, clip, id=f"{n}-{clip}") for n, c, clip in NOT_NATIVE_CASES],
+)
+def test_ineligible_native_falls_back_to_compiled(
+    name: str,
+    config: dict[str, Any],
+    clip: str,
+    backend: str,
+    monkeypatch: pytest.MonkeyPatch,
+    compiler_ok: None,
+) -> None:
+    assert (name, clip) in COMPILED_CASES  # shares the compiled graphs of test 1
+    with count_paths(monkeypatch) as counts:
+        run_pair(name, config, clip, backend)
+    assert not any(counts[o] for o in FUSED_OPS), dict(counts)
+    assert counts["compiled"] == STEPS
+    assert counts["eager"] == STEPS
+
+
+@pytest.mark.parametrize("with_scaler", [False, True], ids=["plain", "grad_scaler"])
+@pytest.mark.parametrize("backend", ["eager", "compiled", "native"])
+def test_step_leaves_gradients_unchanged(
+    backend: str, with_scaler: bool, compiler_ok: None
+) -> None:
+    """The clip scale (and GradScaler's inverse scale) are folded into the update: after the
+    step ``.grad`` still holds exactly what backward produced on the eager and compiled paths.
+    torch's fused kernels (native path) write ``grad / grad_scale`` back, so there ``.grad``
+    holds the clipped, unscaled gradient afterwards, as after clip_grad_norm_ + unscale_."""
+    params = make_params()
+    opt = gradguard.Adam(params, clip="global_norm:1", backend=backend, **ENTRIES["Adam"].main)
+    scaler = torch.amp.GradScaler("cpu", init_scale=2.0**8) if with_scaler else None
+    for step in range(3):
+        grads = [10 * g for g in make_grads(step, nan_step=None)]  # norm > 1: clipped
+        scale_used = scaler.get_scale() if scaler is not None else 1.0
+        if scaler is not None:
+            grads = [g * scale_used for g in grads]
+            scaler.scale(torch.zeros((), requires_grad=True))  # arms the scaler for this step
+        set_grads(params, grads)
+        before = [p.detach().clone() for p in params]
+        if scaler is not None:
+            scaler.step(opt)
+            scaler.update()
+        else:
+            opt.step()
+        assert bool(opt.last_step.clipped)
+        assert any(not torch.equal(p, b) for p, b in zip(params, before, strict=True))
+        for i, (p, g) in enumerate(zip(params, grads, strict=True)):
+            if backend == "native":
+                amp = scale_used if scaler is not None else 1.0
+                expected = g * (float(opt.last_step.clip_scale) / amp)
+                torch.testing.assert_close(p.grad, expected, rtol=1e-5, atol=1e-7)
+                continue
+            same = torch.equal(p.grad, g)
+            diff = float((p.grad - g).abs().max())
+            assert same, f"{backend}: step {step} changed the grad of param {i} (by up to {diff})"
+
+
+def test_native_with_mixed_dtypes_is_not_fused(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Mixed parameter dtypes in one group: no single fused call can take them, so the
+    native backend must not call the kernel (the eager fallback runs when compiling fails,
+    here forced to keep this test free of compile time) and still match eager."""
+    monkeypatch.setattr(_backends, "_compile_failed", "disabled by this test")
+    pa = [nn.Parameter(torch.ones(4)), nn.Parameter(torch.ones(3, dtype=torch.float64))]
+    pb = [nn.Parameter(torch.ones(4)), nn.Parameter(torch.ones(3, dtype=torch.float64))]
+    opt_a = gradguard.Adam(pa, lr=0.1, backend="native")
+    opt_b = gradguard.Adam(pb, lr=0.1, backend="eager")
+    with count_paths(monkeypatch) as counts:
+        for step in range(3):
+            for ps in (pa, pb):
+                ps[0].grad = torch.full((4,), 0.5 + step)
+                ps[1].grad = torch.full((3,), -1.0 - step, dtype=torch.float64)
+            opt_a.step()
+            opt_b.step()
+    assert not any(counts[o] for o in FUSED_OPS)
+    assert counts["eager"] == 6
+    for a, b in zip(pa, pb, strict=True):
+        assert torch.equal(a, b)
+        assert not torch.equal(a, torch.ones_like(a))
+
+
+# --------------------------------------------------------------------------------------
+# 3. low-precision parameters on the compiled path
+# --------------------------------------------------------------------------------------
+
+
+def test_compiled_bfloat16_matches_eager(
+    monkeypatch: pytest.MonkeyPatch, compiler_ok: None
+) -> None:
+    """bf16 parameters, state and gradients. The compiled kernel may keep intermediates in
+    float32 where eager rounds each op to bf16, so the paths agree to a few bf16 ulps; both
+    stay close to a float32 run of the same steps."""
+    steps = 10
+    with count_paths(monkeypatch) as counts:
+        opt_a, opt_b = run_pair(
+            "AdamW",
+            {"lr": 5e-2},
+            "global_norm:1",
+            "compiled",
+            dtype=torch.bfloat16,
+            steps=steps,
+            rtol=2e-2,
+            atol=1e-2,
+        )
+    assert counts["compiled"] == steps
+    params_a = opt_a.param_groups[0]["params"]
+    assert all(p.dtype == torch.bfloat16 for p in params_a)
+    for st in opt_a.state.values():
+        assert st["exp_avg"].dtype == torch.bfloat16
+    # a float32 run of the same gradients
+    params_f = make_params(SHAPES, torch.float32)
+    opt_f = gradguard.AdamW(params_f, lr=5e-2, clip="global_norm:1", backend="eager")
+    for step in range(steps):
+        set_grads(params_f, [g.to(torch.float32) for g in make_grads(step, dtype=torch.bfloat16)])
+        opt_f.step()
+    for pa, pb, pf in zip(params_a, opt_b.param_groups[0]["params"], params_f, strict=True):
+        for p in (pa, pb):
+            torch.testing.assert_close(p.float(), pf.detach(), rtol=3e-2, atol=3e-2)
+
+
+# --------------------------------------------------------------------------------------
+# 4. no recompilation for a learning-rate schedule or a changing clip scale
+# --------------------------------------------------------------------------------------
+
+
+def test_lr_schedule_and_clip_scale_do_not_recompile(
+    monkeypatch: pytest.MonkeyPatch, compiler_ok: None
+) -> None:
+    # 11 tensors: two chunks (8 + 3), so the chunking is covered too
+    shapes = ((5, 4), (5,), (4, 5), (4,), (6, 3), (6,), (3, 6), (3,), (7,), (2, 7), (9,))
+    warmup = 2
+    graphs: list[int] = []
+    lrs: list[float] = []
+    scales: list[float] = []
+
+    def after_step(step: int, opt: torch.optim.Optimizer) -> None:
+        graphs.append(dynamo_counters["stats"]["unique_graphs"])
+        lrs.append(opt.param_groups[0]["lr"])
+        scales.append(float(opt.last_step.clip_scale))
+
+    def lr_lambda(step: int) -> float:
+        return 1.0 / (1.0 + 0.37 * step) + 0.1 * math.sin(step)
+
+    start = dynamo_counters["stats"]["unique_graphs"]
+    with count_paths(monkeypatch) as counts:
+        run_pair(
+            "Adam",
+            ENTRIES["Adam"].main,
+            "global_norm:1",
+            "compiled",
+            shapes=shapes,
+            lr_lambda=lr_lambda,
+            after_step=after_step,
+        )
+    assert counts["compiled"] == 2 * STEPS  # two chunks per step, all compiled
+    # positive control: the counter does count the graphs compiled for this new chunking
+    assert graphs[warmup - 1] > start
+    assert graphs[-1] == graphs[warmup - 1], f"recompiled after warm-up: {graphs}"
+    # the learning rate and the clip scale really changed from step to step
+    base_lr = ENTRIES["Adam"].main["lr"]
+    assert lrs == pytest.approx([base_lr * lr_lambda(s + 1) for s in range(STEPS)])
+    assert len(set(lrs)) == STEPS
+    assert len({round(x, 6) for x in scales if x < 1}) >= 5
+    assert 1.0 in scales  # and some steps were not clipped at all
+
+
+# --------------------------------------------------------------------------------------
+# 5. a broken compiler: one warning, then the eager path
+# --------------------------------------------------------------------------------------
+
+
+def _broken_compiled_update() -> Any:
+    def broken(*args: Any, **kwargs: Any) -> None:
+        raise RuntimeError("BackendCompilerFailed: simulated missing C++ compiler")
+
+    return broken
+
+
+def _fallback_warnings(caught: list[warnings.WarningMessage]) -> list[warnings.WarningMessage]:
+    return [
+        w for w in caught if issubclass(w.category, RuntimeWarning) and "compile" in str(w.message)
+    ]
+
+
+@pytest.mark.parametrize(("name", "backend"), [("RMSprop", "compiled"), ("Lion", "auto")])
+def test_compile_failure_warns_once_and_matches_eager(
+    name: str, backend: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    entry = ENTRIES[name]
+    with monkeypatch.context() as m:
+        m.setattr(_backends, "_compiled_update", _broken_compiled_update)
+        m.setattr(_backends, "_compile_failed", None)
+        assert _backends.compile_available()
+        params_a, params_b = make_params(), make_params()
+        opt_a = entry.make(params_a, clip="global_norm:1", backend=backend, **entry.main)
+        opt_b = entry.make(params_b, clip="global_norm:1", backend="eager", **entry.main)
+        set_grads(params_a, make_grads(0))
+        set_grads(params_b, make_grads(0))
+        with pytest.warns(RuntimeWarning, match="torch.compile is not available") as first:
+            opt_a.step()
+        assert len(_fallback_warnings(list(first))) == 1
+        assert "simulated missing C++ compiler" in str(_fallback_warnings(list(first))[0].message)
+        opt_b.step()
+        assert not _backends.compile_available()
+        # later steps, and a new optimizer on the compiled backend, do not warn again
+        params_c = make_params()
+        opt_c = entry.make(params_c, clip="global_norm:1", backend="compiled", **entry.main)
+        set_grads(params_c, make_grads(0))
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            opt_c.step()
+            for step in range(1, 8):
+                for ps in (params_a, params_b, params_c):
+                    set_grads(ps, make_grads(step))
+                opt_a.step()
+                opt_b.step()
+                opt_c.step()
+        assert _fallback_warnings(caught) == []
+        # the eager fallback is the reference itself: bitwise equal
+        assert int(opt_a.skipped_steps) == int(opt_b.skipped_steps) == 1
+        for pa, pb, pc in zip(params_a, params_b, params_c, strict=True):
+            assert torch.equal(pa, pb)
+            assert torch.equal(pc, pb)
+        assert_tree_equal(opt_a.state_dict(), opt_b.state_dict())
+    assert _backends.compile_available()  # the monkeypatch restored the module state
+
+
+# --------------------------------------------------------------------------------------
+# 6. no host read on a healthy fast step
+# --------------------------------------------------------------------------------------
+
+HOST_READS = ("item", "__bool__", "__float__", "__int__", "tolist")
+
+
+@contextmanager
+def count_host_reads(monkeypatch: pytest.MonkeyPatch) -> Iterator[Counter[str]]:
+    counts: Counter[str] = Counter()
+    with monkeypatch.context() as m:
+        for name in HOST_READS:
+            original = getattr(torch.Tensor, name)
+
+            def counting(
+                self: torch.Tensor, *args: Any, _o: Any = original, _n: str = name, **kwargs: Any
+            ) -> Any:
+                counts[_n] += 1
+                return _o(self, *args, **kwargs)
+
+            m.setattr(torch.Tensor, name, counting)
+        yield counts
+
+
+def test_host_read_counter_counts(monkeypatch: pytest.MonkeyPatch) -> None:
+    with count_host_reads(monkeypatch) as counts:
+        float(torch.tensor(2.0))
+        torch.tensor([1.0]).tolist()
+        torch.tensor(3.0).item()
+    assert counts == Counter({"__float__": 1, "tolist": 1, "item": 1})
+    assert float(torch.tensor(2.0)) == 2.0  # unpatched again
+
+
+@pytest.mark.parametrize(
+    ("name", "backend", "path"),
+    [("Adam", "native", "_fused_adam_"), ("RMSprop", "compiled", "compiled")],
+)
+def test_healthy_fast_step_makes_no_host_read(
+    name: str, backend: str, path: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    entry = ENTRIES[name]
+    params = make_params()
+    opt = entry.make(params, clip="global_norm:1", backend=backend, **entry.main)
+    for step in range(2):  # warm-up: state creation, compiling
+        set_grads(params, make_grads(step, nan_step=None))
+        opt.step()
+    set_grads(params, make_grads(2, nan_step=None))
+    before = [p.detach().clone() for p in params]
+    with count_paths(monkeypatch) as paths, count_host_reads(monkeypatch) as reads:
+        opt.step()
+    assert reads == Counter(), f"host reads during step(): {dict(reads)}"
+    assert paths[path] == 1, dict(paths)
+    assert all(not torch.equal(p, b) for p, b in zip(params, before, strict=True))
+    assert _backends.compile_available()
+
+
+# --------------------------------------------------------------------------------------
+# the backend argument and the environment variable
+# --------------------------------------------------------------------------------------
+
+
+def test_backend_default_comes_from_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    p = [nn.Parameter(torch.ones(2))]
+    monkeypatch.setenv("GRADGUARD_BACKEND", "compiled")
+    assert gradguard.Lion(p).backend == "compiled"
+    assert gradguard.Lion(p, backend="native").backend == "native"
+    monkeypatch.delenv("GRADGUARD_BACKEND")
+    assert gradguard.Adam(p).backend == "auto"
+    monkeypatch.setenv("GRADGUARD_BACKEND", "fast")
+    with pytest.raises(ValueError, match="fast"):
+        gradguard.SGD(p)
+    with pytest.raises(ValueError, match="backend"):
+        gradguard.SGD(p, backend="turbo")
