@@ -1,11 +1,13 @@
 """gradguard: fast, stable neural-network training for PyTorch.
 
 Optimizers that clip and guard inside their step (``gradguard.Adam(params, clip="global_norm:1")``),
-clip policies (:mod:`gradguard.clip`), and :func:`guard` for any other torch optimizer.
+clip policies (:mod:`gradguard.clip`), :func:`guard` for any other torch optimizer, learning-rate
+schedules (:mod:`gradguard.schedules`) and a clip-aware LR range test (:func:`find_lr`).
 """
 
-from . import clip, rules
+from . import clip, rules, schedules
 from .errors import NonFiniteGradientError
+from .lr_finder import LRFinderResult, find_lr
 from .optim import (
     LAMB,
     LARS,
@@ -37,6 +39,7 @@ __all__ = [
     "Adamax",
     "Guarded",
     "GuardedOptimizer",
+    "LRFinderResult",
     "Lion",
     "NAdam",
     "NonFiniteGradientError",
@@ -44,6 +47,8 @@ __all__ = [
     "StepRecord",
     "__version__",
     "clip",
+    "find_lr",
     "guard",
     "rules",
+    "schedules",
 ]

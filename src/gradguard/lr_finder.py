@@ -12,7 +12,8 @@ The curve and the suggestions (:meth:`LRFinderResult.from_curves`):
   :math:`\sim 1/(1-\beta)` steps, and in the first steps, where the debiased EMA weights each
   loss heavily, a spike reads as divergence; a median of 5 removes spikes of up to 2 steps and
   leaves the trend. Non-finite losses are left out. During the sweep the median is over the
-  last 5 steps (causal); the stored curve uses the 5 steps centred on each step.
+  last 5 steps (causal); the stored curve uses the 5 steps centred on each step (the first or
+  last 5 at the ends).
 - **divergence**: the first step whose (causal) smoothed loss :math:`s_t` exceeds
   :math:`b + (k - 1)|b|`, :math:`b` the best smoothed loss so far and :math:`k` =
   ``diverge_threshold`` (:math:`s_t > k\,b` for a positive loss), or whose loss is not finite.
@@ -130,7 +131,8 @@ class _DivergenceMonitor:
 
 def smooth_curve(losses: Sequence[float], beta: float = 0.98) -> list[float]:
     """The smoothed loss at every step (NaN where the loss is not finite): the debiased EMA of
-    the running median of 5 losses centred on each step, over the finite losses only.
+    the running median of 5 losses centred on each step (the first or last 5 at the ends), over
+    the finite losses only.
 
     >>> [round(v, 3) for v in smooth_curve([1.0, 1.0, 50.0, 1.0, float("nan"), 1.0], 0.9)]
     [1.0, 1.0, 1.0, 1.0, nan, 1.0]
@@ -142,8 +144,10 @@ def smooth_curve(losses: Sequence[float], beta: float = 0.98) -> list[float]:
     ema = _EMA(beta)
     out = [math.nan] * len(x)
     for k, i in enumerate(finite):
-        window = vals[max(0, k - half):k + half + 1]
-        out[i] = ema.update(_lower_median(window))
+        # the 5 values centred on k; at the ends the first or last 5, so that two spikes at
+        # the very start are still outvoted
+        lo = min(max(0, k - half), max(0, len(vals) - MEDIAN_WINDOW))
+        out[i] = ema.update(_lower_median(vals[lo:lo + MEDIAN_WINDOW]))
     return out
 
 
@@ -265,7 +269,8 @@ class LRFinderResult:
     ``clip_scales[spec][t]``, the factor it would have applied (1: no clip). ``suggestion`` is
     the suggested LR, chosen by ``rule`` (``"valley"``, ``"steepest"`` or None when the curve
     gives none; ``message`` says why), at step ``suggestion_index``; ``steepest`` and ``valley``
-    are both rules' LRs. ``suggested_clip`` is a max-norm threshold for ``"global_norm:C"``.
+    are both rules' LRs. ``stable_end`` is the last step of the stable region (the minimum of
+    the smoothed loss). ``suggested_clip`` is a max-norm threshold for ``"global_norm:C"``.
     ``diverged_at`` is the step at which the sweep stopped for divergence (None: it ran to the
     end), ``stop_reason`` ``"completed"``, ``"diverged"`` or ``"nonfinite"``. The module
     docstring defines all of these.
@@ -612,6 +617,12 @@ def find_lr(
     module docstring for the smoothing, the divergence test and the suggestions).
 
     Args:
+        start_lr, end_lr, num_steps, mode: the sweep (``end_lr > start_lr > 0``, at least 2
+            steps, ``"exp"`` or ``"linear"``).
+        smooth: the EMA's :math:`\beta` for the smoothed loss.
+        diverge_threshold: stop when the smoothed loss exceeds this multiple of its best.
+        clip_percentile: the percentile of the stable region's gradient norms suggested as the
+            clip threshold.
         model: in train mode during the sweep; it must already be on its device. A dict of
             inputs is passed as keyword arguments, anything else as the one argument.
         loss_fn: ``loss_fn(outputs, targets)`` -> a scalar tensor.
@@ -620,7 +631,10 @@ def find_lr(
         optimizer: a gradguard optimizer, ``gradguard.guard(...)`` or any ``torch.optim`` one.
             Its clip and guard act as in training (a skipped non-finite step stays skipped).
         clip_policies: policies (or spec strings) to simulate: fresh copies are fed each step's
-            gradients and record the scale they would apply; nothing is clipped by them.
+            gradients and record the scale they would apply; nothing is clipped by them. The
+            recorded gradient norm is the total L2 norm before clipping (after GradScaler's
+            unscale), measured alongside; without policies to simulate, a gradguard
+            optimizer's ``last_step.grad_norm`` is read instead.
         amp: autocast with float16 (with a ``GradScaler``) on CUDA, bfloat16 elsewhere, or the
             dtype given.
         device: where batches are moved; by default the device of the model's first parameter.
@@ -636,8 +650,7 @@ def find_lr(
     over ranks before anything is decided, so every rank stops at the same step and gets the
     same suggestions (with DDP the gradients are already the same on every rank).
 
-    >>> torch.manual_seed(0)  # doctest: +ELLIPSIS
-    <torch._C.Generator object at ...>
+    >>> _ = torch.manual_seed(0)
     >>> x = torch.randn(256, 4); y = x @ torch.tensor([1.0, -2.0, 0.5, 3.0])
     >>> model = nn.Linear(4, 1)
     >>> opt = torch.optim.SGD(model.parameters(), lr=0.01)
@@ -652,6 +665,8 @@ def find_lr(
     """
     check_positive("start_lr", start_lr)
     check_positive("end_lr", end_lr)
+    if end_lr <= start_lr:
+        raise ValueError(f"Invalid end_lr: {end_lr}; must be greater than start_lr ({start_lr})")
     num_steps = check_int("num_steps", num_steps, 2)
     check_choice("mode", mode, SWEEP_MODES)
     check_beta(smooth)
@@ -758,15 +773,25 @@ def _sweep(model: nn.Module, loss_fn: Callable[[Any, Any], Tensor],
             total = total + loss.detach().to(device=device, dtype=torch.float64)
         if scaler is not None:
             scaler.unscale_(optimizer)
-        with_grad = [p for p in opt_params if p.grad is not None]
-        grads = [p.grad for p in with_grad if p.grad is not None]
-        idx = list(range(len(grads)))
-        stats = GradStats(with_grad, grads)
-        norm = stats.total_norm(idx).to(device=device, dtype=torch.float64) if grads else \
-            torch.zeros((), dtype=torch.float64, device=device)
-        skip = ~torch.isfinite(norm)
-        sim = [policy.decide(stats, idx, skip if policy.stateful else None).min_scale
-               if grads else torch.ones(()) for policy in policies.values()]
+        # The pre-clip norm is measured here, after any unscale_, from the gradients the step
+        # gets (the simulated policies need these statistics anyway); a gradguard optimizer's
+        # own last_step.grad_norm, the same number, is read instead when nothing else needs them.
+        measure = bool(policies) or not guarded or scaler is not None
+        norm = torch.full((), math.nan, dtype=torch.float64, device=device)
+        sim: list[Tensor] = []
+        if measure:
+            with_grad = [p for p in opt_params if p.grad is not None]
+            grads = [p.grad for p in with_grad if p.grad is not None]
+            idx = list(range(len(grads)))
+            if grads:
+                stats = GradStats(with_grad, grads)
+                norm = stats.total_norm(idx).to(device=device, dtype=torch.float64)
+                skip = ~torch.isfinite(norm)
+                sim = [policy.decide(stats, idx, skip if policy.stateful else None).min_scale
+                       for policy in policies.values()]
+            else:
+                norm = torch.zeros((), dtype=torch.float64, device=device)
+                sim = [torch.ones((), device=device) for _ in policies]
         stopped_by_guard = False
         try:
             if scaler is not None:
@@ -776,8 +801,8 @@ def _sweep(model: nn.Module, loss_fn: Callable[[Any, Any], Tensor],
                 optimizer.step()
         except NonFiniteGradientError:  # the guard gave up after repeated non-finite steps
             stopped_by_guard = True
-        record = getattr(optimizer, "last_step", None) if guarded else None
-        if record is not None and not stopped_by_guard:
+        record = getattr(optimizer, "last_step", None)
+        if not measure and record is not None:
             norm = record.grad_norm.to(device=device, dtype=torch.float64)
         values = torch.stack([total / accumulation_steps, norm,
                               *(s.to(device=device, dtype=torch.float64) for s in sim)])

@@ -22,6 +22,9 @@ class Guarded(GuardReadouts, Optimizer):
     wrapped optimizer's, so LR schedulers and checkpoints work on it as on the original.
     """
 
+    # GradScaler hands over its scale and found-inf flag; the step folds them into the clip.
+    _step_supports_amp_scaling = True
+
     def __init__(self, optimizer: Optimizer, clip: ClipPolicy | str | None, nonfinite: str,
                  max_consecutive_skips: int) -> None:
         # Deliberately not calling Optimizer.__init__: the parameters belong to `optimizer`.
@@ -102,7 +105,17 @@ class Guarded(GuardReadouts, Optimizer):
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
-        plan = self._core.plan(self.param_groups, hooks=self._hooks)
+        # Set by torch.amp.GradScaler.step (we declare _step_supports_amp_scaling): the
+        # gradients are still scaled; the inverse scale is folded into the clip scale.
+        grad_scale: Tensor | None = getattr(self, "grad_scale", None)
+        found_inf: Tensor | None = getattr(self, "found_inf", None)
+        # After GradScaler.unscale_ (found_inf without grad_scale) the gradients changed without
+        # a version bump: do not trust the norms measured in backward.
+        hooks = None if found_inf is not None and grad_scale is None else self._hooks
+        plan = self._core.plan(
+            self.param_groups, hooks=hooks,
+            multiplier=None if grad_scale is None else 1.0 / grad_scale.to(torch.float32),
+            found_inf=found_inf)
         if plan is None:
             self.optimizer.step()
             return loss
@@ -117,6 +130,8 @@ class Guarded(GuardReadouts, Optimizer):
                 self.optimizer.step()
             finally:
                 del opt.grad_scale, opt.found_inf
+            # The fused kernel wrote grad / grad_scale back without a version bump.
+            self._hooks.forget(plan.params)
         else:
             for k, g in enumerate(plan.grads):
                 s = plan.scales[k]
