@@ -6,9 +6,12 @@ from __future__ import annotations
 import copy
 import io
 import math
-from collections.abc import Callable, Iterable, Sequence
+from collections import Counter
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from typing import Any
 
+import pytest
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -240,3 +243,24 @@ def poison_grad(model: nn.Module, param_index: int, flat_index: int, value: floa
     assert p.grad is not None
     p.grad.view(-1)[flat_index % p.grad.numel()] = value
     return name
+
+
+HOST_READS = ("item", "__bool__", "__float__", "__int__", "tolist")
+
+
+@contextmanager
+def count_host_reads(monkeypatch: pytest.MonkeyPatch) -> Iterator[Counter[str]]:
+    """Count calls of the methods that read a tensor's value on the host."""
+    counts: Counter[str] = Counter()
+    with monkeypatch.context() as m:
+        for name in HOST_READS:
+            original = getattr(torch.Tensor, name)
+
+            def counting(
+                self: torch.Tensor, *args: Any, _o: Any = original, _n: str = name, **kwargs: Any
+            ) -> Any:
+                counts[_n] += 1
+                return _o(self, *args, **kwargs)
+
+            m.setattr(torch.Tensor, name, counting)
+        yield counts

@@ -31,7 +31,7 @@ from torch._dynamo.utils import counters as dynamo_counters
 
 import gradguard
 from gradguard.optim import _backends, _base
-from helpers import assert_tree_equal, snapshot
+from helpers import assert_tree_equal, count_host_reads, snapshot
 from optim_table import TABLE, OptimizerEntry
 
 ENTRIES = {e.name: e for e in TABLE}
@@ -552,24 +552,6 @@ def test_compile_failure_warns_once_and_matches_eager(
 # 6. no host read on a healthy fast step
 # --------------------------------------------------------------------------------------
 
-HOST_READS = ("item", "__bool__", "__float__", "__int__", "tolist")
-
-
-@contextmanager
-def count_host_reads(monkeypatch: pytest.MonkeyPatch) -> Iterator[Counter[str]]:
-    counts: Counter[str] = Counter()
-    with monkeypatch.context() as m:
-        for name in HOST_READS:
-            original = getattr(torch.Tensor, name)
-
-            def counting(
-                self: torch.Tensor, *args: Any, _o: Any = original, _n: str = name, **kwargs: Any
-            ) -> Any:
-                counts[_n] += 1
-                return _o(self, *args, **kwargs)
-
-            m.setattr(torch.Tensor, name, counting)
-        yield counts
 
 
 def test_host_read_counter_counts(monkeypatch: pytest.MonkeyPatch) -> None:

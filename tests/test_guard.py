@@ -6,8 +6,6 @@ from __future__ import annotations
 import copy
 import math
 from collections import Counter
-from collections.abc import Iterator
-from contextlib import contextmanager
 from typing import Any
 
 import pytest
@@ -23,6 +21,7 @@ from helpers import (
     assert_tree_equal,
     clone_params,
     compute_grads,
+    count_host_reads,
     make_batches,
     make_model,
     poison_grad,
@@ -360,24 +359,6 @@ def test_guard_state_dict_round_trip() -> None:
 # 7. A healthy step makes no host read
 # --------------------------------------------------------------------------------------
 
-HOST_READS = ("item", "__bool__", "__float__", "__int__", "tolist")
-
-
-@contextmanager
-def count_host_reads(monkeypatch: pytest.MonkeyPatch) -> Iterator[Counter[str]]:
-    counts: Counter[str] = Counter()
-    with monkeypatch.context() as m:
-        for name in HOST_READS:
-            original = getattr(torch.Tensor, name)
-
-            def counting(
-                self: torch.Tensor, *args: Any, _o: Any = original, _n: str = name, **kwargs: Any
-            ) -> Any:
-                counts[_n] += 1
-                return _o(self, *args, **kwargs)
-
-            m.setattr(torch.Tensor, name, counting)
-        yield counts
 
 
 def test_host_read_counter_detects_reads(monkeypatch: pytest.MonkeyPatch) -> None:
