@@ -5,9 +5,10 @@ clip policies (:mod:`gradguard.clip`), :func:`guard` for any other torch optimiz
 schedules (:mod:`gradguard.schedules`) and a clip-aware LR range test (:func:`find_lr`).
 """
 
-from . import clip, rules, schedules
+from . import clip, monitor, rules, schedules
 from .errors import NonFiniteGradientError
 from .lr_finder import LRFinderResult, find_lr
+from .monitor import Monitor
 from .optim import (
     LAMB,
     LARS,
@@ -41,6 +42,7 @@ __all__ = [
     "GuardedOptimizer",
     "LRFinderResult",
     "Lion",
+    "Monitor",
     "NAdam",
     "NonFiniteGradientError",
     "RMSprop",
@@ -49,6 +51,7 @@ __all__ = [
     "clip",
     "find_lr",
     "guard",
+    "monitor",
     "rules",
     "schedules",
 ]

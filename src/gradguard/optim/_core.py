@@ -127,11 +127,14 @@ class GuardCore:
         self.skipped_steps: Tensor | None = None
         self.consecutive_skips: Tensor | None = None
         self.last_step: StepRecord | None = None
+        # (parameters, their gradient norms) of the last step, for gradguard.Monitor.
+        self.last_stats: tuple[list[Tensor], list[Tensor]] | None = None
         self._mirror: _HostMirror | None = None
 
     def __getstate__(self) -> dict[str, Any]:
         state = dict(self.__dict__)
         state["_mirror"] = None  # pinned memory and CUDA events do not copy
+        state.pop("last_stats", None)  # references to this step's parameters; not state
         return state
 
     # -- policies -------------------------------------------------------------------------
@@ -234,6 +237,7 @@ class GuardCore:
         self.skipped_steps = self.skipped_steps + rec.skipped.to(torch.int64)
         self.consecutive_skips = torch.where(rec.skipped, self.consecutive_skips + 1, 0)
         self.last_step = rec
+        self.last_stats = (plan.params, plan.stats.norms())
         if self.nonfinite == "raise":
             if bool(rec.skipped):  # the user asked for an error on every bad step: one read
                 raise self._error(plan.params, plan.stats, param_groups, 1, " (nonfinite='raise')")
