@@ -134,7 +134,7 @@ class GuardCore:
     def __getstate__(self) -> dict[str, Any]:
         state = dict(self.__dict__)
         state["_mirror"] = None  # pinned memory and CUDA events do not copy
-        state.pop("last_stats", None)  # references to this step's parameters; not state
+        state["last_stats"] = None  # references to this step's parameters; not state
         return state
 
     # -- policies -------------------------------------------------------------------------
