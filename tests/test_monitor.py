@@ -329,3 +329,18 @@ def test_tensorboard_readable(tmp_path: Any) -> None:
     assert all(e.value == 1.0 for e in rate)
     ratio = acc.Scalars("update_ratio/fc2.weight")
     assert close(ratio[-1].value, mon.records[-1]["layers"]["fc2.weight"]["update_ratio"], 1e-6)
+
+
+def test_suggested_clip_specs_parse() -> None:
+    """Every clip spec a detector message suggests is one gradguard.clip.parse accepts."""
+    import inspect
+    import re
+
+    from gradguard.monitor import _detectors
+
+    specs = re.findall(r"clip='([a-z_]+:[^']*)'", inspect.getsource(_detectors))
+    assert specs
+    for spec in specs:
+        if "{" in spec:  # a formatted number
+            spec = re.sub(r"\{[^}]*\}", "1.5", spec)
+        gradguard.clip.parse(spec)

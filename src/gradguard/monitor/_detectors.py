@@ -195,7 +195,7 @@ class ClipRate(Detector):
                 f"were clipped by clip={spec!r}; the threshold{thr_txt} is below the typical "
                 f"gradient norm ({typical:.3g}), so clipping rescales every step like a lower "
                 f"LR. Raise it (clip='global_norm:{2 * typical:.3g}'), lower the LR, or use an "
-                "adaptive policy (clip='zclip:2.5' or clip='autoclip:10')"))}
+                "adaptive policy (clip='zclip:2.5' or clip='auto:10')"))}
         if rate == 0:
             peak = max(peaks) if peaks else float("nan")
             return {"never": Finding("clip_never", cur["step"], (
