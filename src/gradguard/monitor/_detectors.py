@@ -51,7 +51,7 @@ class Detector:
         self._active: set[str] = set()
 
     def conditions(self, history: Sequence[Record]) -> dict[str, Finding]:
-        raise NotImplementedError
+        raise TypeError(f"{type(self).__name__} must define conditions()")
 
     def check(self, history: Sequence[Record]) -> list[Finding]:
         if not history:

@@ -67,7 +67,7 @@ class _ClosedFormLR(LRScheduler):
     ``super().__init__``, which applies step 0."""
 
     def _schedule(self, base_lr: float, index: int) -> Schedule:
-        raise NotImplementedError
+        raise TypeError(f"{type(self).__name__} must define _schedule()")
 
     def get_lr(self) -> list[float | Tensor]:
         """The LR of every param group at ``last_epoch``."""
