@@ -129,17 +129,8 @@ class GuardedOptimizer(GuardReadouts, Optimizer):
             with torch.enable_grad():
                 loss = closure()
         # Set by torch.amp.GradScaler.step (we declare _step_supports_amp_scaling).
-        grad_scale: Tensor | None = getattr(self, "grad_scale", None)
-        found_inf: Tensor | None = getattr(self, "found_inf", None)
-        hooks = self._hooks
-        if found_inf is not None and grad_scale is None:
-            # GradScaler.unscale_ ran: it rescaled the gradients in place without bumping their
-            # version counters (on the CPU), so norms measured in backward are stale.
-            hooks = None
-        plan = self._core.plan(
-            self.param_groups, hooks=hooks,
-            multiplier=None if grad_scale is None else 1.0 / grad_scale.to(torch.float32),
-            found_inf=found_inf)
+        plan = self._core.plan(self.param_groups, self._hooks,
+                               getattr(self, "grad_scale", None), getattr(self, "found_inf", None))
         if plan is None:
             return loss
         by_group: dict[int, list[int]] = {}

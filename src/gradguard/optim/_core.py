@@ -48,17 +48,6 @@ class StepPlan:
     stats: GradStats
     record: StepRecord
 
-    def effective_grad(self, k: int) -> Tensor:
-        """The clipped gradient of entry ``k``, computed on the fly (the .grad is not changed)."""
-        g = self.grads[k]
-        scale = self.scales[k]
-        if scale is not None:
-            g = g * scale.to(g.dtype)
-        clamp = self.clamps[k]
-        if clamp is not None:
-            g = g.clamp(-clamp, clamp)
-        return g
-
 
 def commit(dst: Tensor, new: Tensor, skip: Tensor | None) -> None:
     """Write ``new`` into ``dst``, or keep ``dst`` where ``skip`` is true (no host read)."""
@@ -163,15 +152,23 @@ class GuardCore:
 
     # -- a step -----------------------------------------------------------------------------
     def plan(self, param_groups: list[dict[str, Any]], hooks: GradHooks | None = None,
-             multiplier: Tensor | None = None, found_inf: Tensor | None = None) -> StepPlan | None:
+             grad_scale: Tensor | None = None,
+             found_inf: Tensor | None = None) -> StepPlan | None:
         """Gather the gradients, decide the clip and the skip. None when no parameter has a
         gradient.
 
-        ``hooks`` supplies norms measured during backward. ``multiplier`` and ``found_inf`` come
-        from GradScaler: the gradients are still scaled, so every norm is taken times the
-        inverse scale, the inverse scale joins the clip scale, and a found inf skips the step.
+        ``hooks`` supplies norms measured during backward. ``grad_scale`` and ``found_inf`` are
+        what torch.amp.GradScaler hands an optimizer that declares
+        ``_step_supports_amp_scaling``: the gradients are still scaled, so every norm is taken
+        times the inverse scale, the inverse scale joins the clip scale, and a found inf skips
+        the step. ``found_inf`` without ``grad_scale`` means GradScaler.unscale_ already ran: it
+        rescaled the gradients in place without bumping their version counters (on the CPU),
+        so the norms measured in backward are not used.
         """
         self.poll(param_groups)
+        if found_inf is not None and grad_scale is None:
+            hooks = None
+        multiplier = None if grad_scale is None else 1.0 / grad_scale.to(torch.float32)
         params: list[Tensor] = []
         grads: list[Tensor] = []
         owners: list[int] = []

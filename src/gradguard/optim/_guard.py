@@ -105,17 +105,9 @@ class Guarded(GuardReadouts, Optimizer):
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
-        # Set by torch.amp.GradScaler.step (we declare _step_supports_amp_scaling): the
-        # gradients are still scaled; the inverse scale is folded into the clip scale.
-        grad_scale: Tensor | None = getattr(self, "grad_scale", None)
-        found_inf: Tensor | None = getattr(self, "found_inf", None)
-        # After GradScaler.unscale_ (found_inf without grad_scale) the gradients changed without
-        # a version bump: do not trust the norms measured in backward.
-        hooks = None if found_inf is not None and grad_scale is None else self._hooks
-        plan = self._core.plan(
-            self.param_groups, hooks=hooks,
-            multiplier=None if grad_scale is None else 1.0 / grad_scale.to(torch.float32),
-            found_inf=found_inf)
+        # Set by torch.amp.GradScaler.step (we declare _step_supports_amp_scaling).
+        plan = self._core.plan(self.param_groups, self._hooks,
+                               getattr(self, "grad_scale", None), getattr(self, "found_inf", None))
         if plan is None:
             self.optimizer.step()
             return loss
