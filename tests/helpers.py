@@ -248,19 +248,30 @@ def poison_grad(model: nn.Module, param_index: int, flat_index: int, value: floa
 HOST_READS = ("item", "__bool__", "__float__", "__int__", "tolist")
 
 
+def wrap_counting(m: pytest.MonkeyPatch, counts: Counter[str], owner: Any, name: str,
+                  key: str | None = None) -> None:
+    """Replace ``owner.name`` (through ``m``) by a wrapper that counts calls under ``key``
+    (default: ``name``) and calls the original."""
+    original = getattr(owner, name)
+
+    def counting(*args: Any, _o: Any = original, _k: str = key or name, **kwargs: Any) -> Any:
+        counts[_k] += 1
+        return _o(*args, **kwargs)
+
+    m.setattr(owner, name, counting)
+
+
 @contextmanager
-def count_host_reads(monkeypatch: pytest.MonkeyPatch) -> Iterator[Counter[str]]:
-    """Count calls of the methods that read a tensor's value on the host."""
+def count_calls(monkeypatch: pytest.MonkeyPatch,
+                targets: Iterable[tuple[Any, str]]) -> Iterator[Counter[str]]:
+    """Count calls of ``owner.name`` for every ``(owner, name)`` in ``targets``."""
     counts: Counter[str] = Counter()
     with monkeypatch.context() as m:
-        for name in HOST_READS:
-            original = getattr(torch.Tensor, name)
-
-            def counting(
-                self: torch.Tensor, *args: Any, _o: Any = original, _n: str = name, **kwargs: Any
-            ) -> Any:
-                counts[_n] += 1
-                return _o(self, *args, **kwargs)
-
-            m.setattr(torch.Tensor, name, counting)
+        for owner, name in targets:
+            wrap_counting(m, counts, owner, name)
         yield counts
+
+
+def count_host_reads(monkeypatch: pytest.MonkeyPatch) -> Any:
+    """Count calls of the methods that read a tensor's value on the host."""
+    return count_calls(monkeypatch, [(torch.Tensor, name) for name in HOST_READS])

@@ -31,7 +31,7 @@ from torch._dynamo.utils import counters as dynamo_counters
 
 import gradguard
 from gradguard.optim import _backends, _base
-from helpers import assert_tree_equal, count_host_reads, snapshot
+from helpers import assert_tree_equal, count_host_reads, snapshot, wrap_counting
 from optim_table import TABLE, OptimizerEntry
 
 ENTRIES = {e.name: e for e in TABLE}
@@ -133,21 +133,9 @@ def count_paths(monkeypatch: pytest.MonkeyPatch) -> Iterator[Counter[str]]:
             return counted
 
         m.setattr(_backends, "_compiled_update", compiled_update)
-        original_eager = _base.update_tensors
-
-        def eager(*args: Any, **kwargs: Any) -> Any:
-            counts["eager"] += 1
-            return original_eager(*args, **kwargs)
-
-        m.setattr(_base, "update_tensors", eager)
+        wrap_counting(m, counts, _base, "update_tensors", "eager")
         for name in FUSED_OPS:
-            original = getattr(torch, name)
-
-            def fused(*args: Any, _o: Any = original, _n: str = name, **kwargs: Any) -> Any:
-                counts[_n] += 1
-                return _o(*args, **kwargs)
-
-            m.setattr(torch, name, fused)
+            wrap_counting(m, counts, torch, name)
         yield counts
 
 

@@ -7,9 +7,7 @@ from __future__ import annotations
 
 import json
 import math
-from collections import Counter
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -30,7 +28,14 @@ from gradguard.monitor import (
     load_records,
     report,
 )
-from helpers import compute_grads, count_host_reads, make_batch, make_model, poison_grad
+from helpers import (
+    compute_grads,
+    count_calls,
+    count_host_reads,
+    make_batch,
+    make_model,
+    poison_grad,
+)
 
 REL = 1e-5
 
@@ -231,19 +236,8 @@ NORM_FUNCS = [(torch, "_foreach_norm"), (torch.linalg, "vector_norm"), (torch, "
               (torch, "norm"), (torch.Tensor, "norm")]
 
 
-@contextmanager
-def count_norms(monkeypatch: pytest.MonkeyPatch) -> Iterator[Counter[str]]:
-    counts: Counter[str] = Counter()
-    with monkeypatch.context() as m:
-        for owner, name in NORM_FUNCS:
-            original = getattr(owner, name)
-
-            def counting(*args: Any, _o: Any = original, _n: str = name, **kw: Any) -> Any:
-                counts[_n] += 1
-                return _o(*args, **kw)
-
-            m.setattr(owner, name, counting)
-        yield counts
+def count_norms(monkeypatch: pytest.MonkeyPatch) -> Any:
+    return count_calls(monkeypatch, NORM_FUNCS)
 
 
 def _costs(monkeypatch: pytest.MonkeyPatch, monitored: bool) -> list[tuple[int, int]]:
