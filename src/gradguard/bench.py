@@ -1,0 +1,290 @@
+"""Benchmark: gradguard's clipped optimizer step against torch, and against the memory floor.
+
+For every optimizer, at about 25M and 100M parameters in transformer shapes, it times in one
+process, interleaved, median of N repetitions:
+
+- ``torch clip+step``: ``clip_grad_norm_(..., 1.0)`` (foreach) + torch's fastest form of the
+  optimizer (``fused=True`` where torch has it, foreach otherwise; for LAMB/LARS/Lion
+  pytorch-optimizer's, if installed);
+- ``torch step``: the same optimizer unclipped;
+- ``gradguard``: gradguard's optimizer with ``clip="global_norm:1.0"``;
+- ``floor``: the bytes the clipped step must move per parameter x parameters / the copy
+  bandwidth measured in this run (copying tensors of the same shapes).
+
+The gradients here do not come from a backward pass, so gradguard must read them once for the
+norm (in training the norm is measured during backward; see ``--train``). ``--train`` times a
+whole training step (forward, backward, clip, step) on a small transformer.
+
+    gradguard bench                 # the full table (a few minutes on 2 cores)
+    gradguard bench --sizes 25 --optimizers adamw,rmsprop --reps 5
+    python benchmarks/step.py ...   # the same
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import statistics
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from . import optim
+
+# name: (gradguard class, kwargs, torch factory or None, bytes per parameter of the clipped step)
+# bytes: fp32 reads + writes the update must do, plus 4 for reading the gradient for the norm.
+OPTIMIZERS: dict[str, tuple[str, dict[str, object], int]] = {
+    "sgd": ("SGD", {"lr": 0.01, "momentum": 0.9}, 20 + 4),
+    "adam": ("Adam", {"lr": 1e-3}, 28 + 4),
+    "adamw": ("AdamW", {"lr": 1e-3}, 28 + 4),
+    "nadam": ("NAdam", {"lr": 1e-3}, 28 + 4),
+    "adamax": ("Adamax", {"lr": 1e-3}, 28 + 4),
+    "rmsprop": ("RMSprop", {"lr": 1e-3}, 20 + 4),
+    "adagrad": ("Adagrad", {"lr": 1e-2}, 20 + 4),
+    "adadelta": ("Adadelta", {"lr": 1.0}, 28 + 4),
+    # LARS/LAMB need per-tensor norms of the weights (and LAMB of its update) before updating.
+    "lars": ("LARS", {"lr": 0.1}, 20 + 8 + 4),
+    "lamb": ("LAMB", {"lr": 1e-3}, 28 + 16 + 4),
+    "lion": ("Lion", {"lr": 1e-4}, 20 + 4),
+}
+TORCH_FUSED = {"SGD", "Adam", "AdamW", "Adagrad"}
+THIRD_PARTY = {"LARS": "LARS", "LAMB": "Lamb", "Lion": "Lion"}
+
+
+def transformer_shapes(n_params: float, d: int = 1024) -> list[tuple[int, ...]]:
+    """Weights of pre-norm transformer blocks of width ``d`` until about ``n_params``."""
+    block = [(3 * d, d), (3 * d,), (d, d), (d,), (4 * d, d), (4 * d,), (d, 4 * d), (d,),
+             (d,), (d,), (d,), (d,)]
+    shapes: list[tuple[int, ...]] = []
+    total = 0
+    while total < n_params:
+        for s in block:
+            shapes.append(s)
+            total += int(torch.Size(s).numel())
+    return shapes
+
+
+def make_params(shapes: list[tuple[int, ...]], seed: int) -> list[nn.Parameter]:
+    g = torch.Generator().manual_seed(seed)
+    params = []
+    for s in shapes:
+        p = nn.Parameter(torch.randn(s, generator=g) * 0.02)
+        p.grad = torch.randn(s, generator=g)
+        params.append(p)
+    return params
+
+
+def torch_optimizer(cls_name: str, params: list[nn.Parameter],
+                    kwargs: dict[str, object]) -> tuple[torch.optim.Optimizer | None, str]:
+    if cls_name in THIRD_PARTY:
+        try:
+            mod = importlib.import_module("pytorch_optimizer")
+        except ImportError:
+            return None, "n/a (pip install pytorch-optimizer)"
+        cls = getattr(mod, THIRD_PARTY[cls_name])
+        return cls(params, **kwargs), f"pytorch_optimizer.{THIRD_PARTY[cls_name]}"
+    cls = getattr(torch.optim, cls_name)
+    if cls_name in TORCH_FUSED:
+        return cls(params, fused=True, **kwargs), f"torch.optim.{cls_name}(fused=True)"
+    return cls(params, foreach=True, **kwargs), f"torch.optim.{cls_name}(foreach=True)"
+
+
+def median_time(fn: Callable[[], object]) -> float:
+    t0 = time.perf_counter()
+    fn()
+    return time.perf_counter() - t0
+
+
+def copy_bandwidth(shapes: list[tuple[int, ...]], reps: int) -> float:
+    """Bytes per second of copying tensors of these shapes (``torch._foreach_copy_``; the read
+    and the write counted), measured in this run."""
+    src = [torch.randn(s) for s in shapes]
+    dst = [torch.empty(s) for s in shapes]
+    torch._foreach_copy_(dst, src)
+    times = [median_time(lambda: torch._foreach_copy_(dst, src)) for _ in range(max(reps, 5))]
+    return 2 * sum(t.numel() for t in src) * 4 / statistics.median(times)
+
+
+@dataclass
+class Row:
+    name: str
+    size_m: float
+    torch_clip: float
+    torch_step: float
+    ours: float
+    floor: float
+    ref: str
+    compile_s: float
+
+
+def bench_optimizer(name: str, size_m: float, reps: int, bandwidth: float,
+                    backend: str = "auto") -> Row:
+    cls_name, kwargs, nbytes = OPTIMIZERS[name]
+    shapes = transformer_shapes(size_m * 1e6)
+    ours_p = make_params(shapes, 0)
+    n = sum(p.numel() for p in ours_p)
+    ours = getattr(optim, cls_name)(ours_p, clip="global_norm:1.0", backend=backend,
+                                        **kwargs)
+    t0 = time.perf_counter()
+    ours.step()  # first step: compiles where the compiled backend is used
+    compile_s = time.perf_counter() - t0
+    ref_p = make_params(shapes, 0)
+    ref, ref_name = torch_optimizer(cls_name, ref_p, kwargs)
+    variants: dict[str, Callable[[], object]] = {"ours": ours.step}
+    if ref is not None:
+        opt = ref
+
+        def clip_step() -> None:
+            nn.utils.clip_grad_norm_(ref_p, 1.0, foreach=True)
+            opt.step()
+
+        variants["torch_clip"] = clip_step
+        variants["torch_step"] = opt.step
+        opt.step()
+    times: dict[str, list[float]] = {k: [] for k in variants}
+    for _ in range(reps):  # interleaved
+        for k, fn in variants.items():
+            times[k].append(median_time(fn))
+    med = {k: statistics.median(v) for k, v in times.items()}
+    nan = float("nan")
+    return Row(name, n / 1e6, med.get("torch_clip", nan), med.get("torch_step", nan),
+               med["ours"], nbytes * n / bandwidth, ref_name, compile_s)
+
+
+def print_table(rows: list[Row], bandwidth: float) -> None:
+    print(f"\ncopy bandwidth (lowest size): {bandwidth / 1e9:.1f} GB/s; torch {torch.__version__}, "
+          f"{torch.get_num_threads()} threads\n")
+    print("| optimizer | params | torch clip+step (ms) | torch step (ms) | gradguard clipped (ms) "
+          "| floor (ms) | speed-up vs torch clip+step | vs torch unclipped | % of bandwidth "
+          "| first step (s) |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
+    for r in rows:
+        print(f"| {r.name} | {r.size_m:.0f}M | {r.torch_clip * 1e3:.1f} | "
+              f"{r.torch_step * 1e3:.1f} | {r.ours * 1e3:.1f} | {r.floor * 1e3:.1f} | "
+              f"{r.torch_clip / r.ours:.2f}x | {r.ours / r.torch_step:.2f}x | "
+              f"{100 * r.floor / r.ours:.0f}% | {r.compile_s:.1f} |")
+    print("\nreferences: " + "; ".join(sorted({f"{r.name}: {r.ref}" for r in rows})))
+
+
+# -- a whole training step ----------------------------------------------------------------------
+class TinyLM(nn.Module):
+    """A small transformer LM whose optimizer step is a large share of the training step:
+    many parameters (a big embedding and output layer), a small batch."""
+
+    def __init__(self, vocab: int = 32_000, d: int = 256, layers: int = 2) -> None:
+        super().__init__()
+        self.emb = nn.Embedding(vocab, d)
+        layer = nn.TransformerEncoderLayer(d, 4, 4 * d, dropout=0.0, batch_first=True,
+                                           norm_first=True)
+        self.body = nn.TransformerEncoder(layer, layers, enable_nested_tensor=False)
+        self.head = nn.Linear(d, vocab)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.body(self.emb(x)))
+
+
+def bench_training(reps: int) -> None:
+    torch.manual_seed(0)
+    data = torch.randint(0, 32_000, (2, 32))
+    target = torch.randint(0, 32_000, (2, 32))
+    loss_fn = nn.CrossEntropyLoss()
+
+    def make(kind: str) -> tuple[nn.Module, Callable[[], None]]:
+        torch.manual_seed(0)
+        model = TinyLM()
+        if kind == "gradguard":
+            opt: torch.optim.Optimizer = optim.AdamW(model.parameters(), lr=1e-4,
+                                                         clip="global_norm:1.0")
+        else:
+            opt = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=True)
+        params = list(model.parameters())
+
+        def step() -> None:
+            opt.zero_grad(set_to_none=False)  # keeps gradient buffers: less allocator noise
+            out = model(data)
+            loss_fn(out.view(-1, out.shape[-1]), target.view(-1)).backward()
+            if kind == "torch_clip":
+                nn.utils.clip_grad_norm_(params, 1.0, foreach=True)
+            opt.step()
+
+        return model, step
+
+    variants = {k: make(k)[1] for k in ("torch_step", "torch_clip", "gradguard")}
+    n = sum(p.numel() for p in TinyLM().parameters())
+    for fn in variants.values():
+        fn()
+        fn()
+    times: dict[str, list[float]] = {k: [] for k in variants}
+    for _ in range(reps):
+        for k, fn in variants.items():
+            times[k].append(median_time(fn))
+    med = {k: statistics.median(v) for k, v in times.items()}
+    print(f"\ntraining step (forward, backward, clip, step), TinyLM {n / 1e6:.1f}M params, "
+          f"batch 2x32 tokens, AdamW, median of {reps}:\n")
+    print("| variant | ms | vs torch unclipped fused AdamW |")
+    print("|---|---|---|")
+    names = {"torch_step": "torch AdamW(fused=True), no clipping",
+             "torch_clip": "torch clip_grad_norm_ + AdamW(fused=True)",
+             "gradguard": "gradguard AdamW(clip='global_norm:1.0')"}
+    for k in variants:
+        print(f"| {names[k]} | {med[k] * 1e3:.1f} | {med[k] / med['torch_step']:.3f}x |")
+    print(f"\ngradguard vs torch clip_grad_norm_ + fused AdamW: "
+          f"{med['torch_clip'] / med['gradguard']:.2f}x faster")
+
+
+def add_arguments(ap: argparse.ArgumentParser) -> None:
+    """The benchmark's command-line options (shared by ``gradguard bench`` and
+    ``benchmarks/step.py``)."""
+    ap.add_argument("--sizes", default="25,100", help="parameter counts in millions (25,100)")
+    ap.add_argument("--optimizers", default=",".join(OPTIMIZERS),
+                    help="comma-separated, from: " + ",".join(OPTIMIZERS))
+    ap.add_argument("--reps", type=int, default=10, help="repetitions per variant (10)")
+    ap.add_argument("--backend", default="auto", choices=["auto", "native", "compiled", "eager"],
+                    help="gradguard's backend (auto)")
+    ap.add_argument("--train", action="store_true", help="also time a whole training step")
+    ap.add_argument("--train-only", action="store_true", help="only the training step")
+
+
+def run(args: argparse.Namespace, ap: argparse.ArgumentParser) -> int:
+    """Run the benchmark as ``args`` say; bad values end through ``ap.error`` (exit 2)."""
+    names = [s.strip().lower() for s in args.optimizers.split(",") if s.strip()]
+    bad = [n for n in names if n not in OPTIMIZERS]
+    if bad or not names:
+        ap.error(f"invalid --optimizers {args.optimizers!r}; valid choices: "
+                 f"{', '.join(OPTIMIZERS)}")
+    try:
+        sizes = [float(s) for s in args.sizes.split(",")]
+        if not sizes or not all(0 < s < 1e5 for s in sizes):
+            raise ValueError
+    except ValueError:
+        ap.error(f"invalid --sizes {args.sizes!r}; give comma-separated positive numbers of "
+                 "millions of parameters, e.g. 25,100")
+    if args.reps < 1:
+        ap.error(f"invalid --reps {args.reps}; must be >= 1")
+    if not args.train_only:
+        rows = []
+        bandwidths = []
+        for size in sizes:
+            bandwidth = copy_bandwidth(transformer_shapes(size * 1e6), args.reps)
+            bandwidths.append(bandwidth)
+            for name in names:
+                print(f"  {name} {size:g}M ...", file=sys.stderr, flush=True)
+                rows.append(bench_optimizer(name, size, args.reps, bandwidth, args.backend))
+        print_table(rows, min(bandwidths))
+    if args.train or args.train_only:
+        bench_training(args.reps)
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
+    add_arguments(ap)
+    return run(ap.parse_args(argv), ap)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,429 @@
+"""The ``gradguard`` command: ``compare``, ``report``, ``lr-find``, ``bench`` and ``tasks``.
+
+``gradguard compare`` with no arguments runs the main job (see :data:`MAIN_JOB`); every
+subcommand has ``--help``. Bad input exits with status 2 and a message listing the valid
+choices; an interrupted sweep (Ctrl-C) keeps every finished run, writes the report of what
+finished, and exits with status 130 — running the same command again resumes it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as _dt
+import json
+import os
+import shlex
+import sys
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, NoReturn
+
+from . import __version__, tasks
+from .clip import VALID_FORMS as CLIP_FORMS
+from .compare._grid import (
+    OPTIMIZERS,
+    RunConfig,
+    canonical_clip,
+    check_schedule,
+    expand,
+    parse_lrs,
+    parse_names,
+)
+from .schedules import VALID_FORMS as SCHEDULE_FORMS
+
+__all__ = ["MAIN_JOB", "main"]
+
+# The main job: Adam with every kind of clipping, and the other classic optimizers with and
+# without global-norm clipping, on the deep tanh MLP of the digits task, 3 seeds each.
+MAIN_JOB: dict[str, Any] = {
+    "task": "digits",
+    "grids": [
+        (["adam"], ["none", "global_norm:1", "agc:0.05", "zclip:2.5", "auto:10"]),
+        (["sgd", "momentum", "adamw", "rmsprop", "adagrad"], ["none", "global_norm:1"]),
+    ],
+    "seeds": 3,
+}
+TASK_DEFAULTS = {"optimizers": "adam,momentum", "clip": "none,global_norm:1", "seeds": 2}
+EXIT_USAGE = 2
+EXIT_INTERRUPTED = 130
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, with errors that keep their line breaks."""
+
+    def error(self, message: str) -> NoReturn:
+        self.print_usage(sys.stderr)
+        self.exit(EXIT_USAGE, f"{self.prog}: error: {message}\n")
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"invalid value {text!r}: must be an integer >= 1") \
+            from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"invalid value {text!r}: must be an integer >= 1")
+    return value
+
+
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"invalid value {text!r}: must be a number > 0") \
+            from None
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"invalid value {text!r}: must be a number > 0")
+    return value
+
+
+def _task_choices() -> str:
+    return ", ".join(tasks.names()) + ", or module:function (a function returning a Task)"
+
+
+def _writable_dir(ap: argparse.ArgumentParser, path: Path, option: str) -> Path:
+    """Create ``path`` and check a file can be written there, or exit 2."""
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        fd, probe = tempfile.mkstemp(dir=path, prefix=".write-test-")
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as e:
+        ap.error(f"invalid {option} {str(path)!r}: cannot write there ({e.strerror or e}); "
+                 "choose a folder you can write to")
+    return path
+
+
+def _get_task(ap: argparse.ArgumentParser, name: str) -> tasks.Task:
+    if name not in tasks.names() and ":" not in name:
+        ap.error(f"invalid --task {name!r}; valid choices: {_task_choices()}")
+    try:
+        return tasks.get(name)
+    except ValueError as e:
+        ap.error(f"invalid --task {name!r}: {e}")
+    except ImportError as e:
+        ap.error(f"--task {name!r} cannot be loaded: {e}")
+
+
+# -- compare ---------------------------------------------------------------------------------
+def _add_compare(sub: Any) -> None:
+    p = sub.add_parser(
+        "compare", help="train a task with a grid of settings and write a report",
+        description="Train a task's model with every combination of optimizers x clip specs x "
+                    "schedules x learning rates x seeds, save each run as it ends, and write "
+                    "a report (report.html, report.md) ranking the settings. With no "
+                    "arguments: the main job (digits; Adam with five clip settings and five "
+                    "other optimizers with and without global-norm clipping; 3 seeds). "
+                    "Re-running the same command resumes: finished runs are not trained again.",
+        epilog="examples:\n  gradguard compare\n  gradguard compare --task adding "
+               "--optimizers adam,sgd,rmsprop --clip none,global_norm:1,zclip:2.5 "
+               "--lr 1e-4:1:9 --seeds 3",
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--task", help=f"the task: {_task_choices()} (default: digits)")
+    p.add_argument("--optimizers", help="comma-separated, from: " + ", ".join(OPTIMIZERS)
+                   + f" (default with --task: {TASK_DEFAULTS['optimizers']})")
+    p.add_argument("--clip", help="comma-separated clip specs, each one of: " + CLIP_FORMS
+                   + f" (default with --task: {TASK_DEFAULTS['clip']})")
+    p.add_argument("--schedule", action="append",
+                   help="a schedule spec; repeat the option (or separate specs with ';') for "
+                        "several (default: constant). Forms: " + SCHEDULE_FORMS)
+    p.add_argument("--lr", default="auto",
+                   help="learning rates: LO:HI:N (N log-spaced from LO to HI), a "
+                        "comma-separated list, or auto: each optimizer's default range for the "
+                        "task (default: auto)")
+    p.add_argument("--seeds", type=_positive_int, help="seeds per learning rate (default: 2; "
+                   "3 for the main job)")
+    p.add_argument("--steps", type=_positive_int, help="training steps per run (default: the "
+                   "task's budget)")
+    p.add_argument("--batch-size", type=_positive_int, help="default: the task's")
+    p.add_argument("--eval-every", type=_positive_int, help="steps between evaluations "
+                   "(default: the task's)")
+    p.add_argument("--workers", type=_positive_int,
+                   help=f"parallel training processes (default: one per core, {os.cpu_count()})")
+    p.add_argument("--out", type=Path, help="output folder (default: gradguard-runs/TASK)")
+    p.add_argument("--fresh", action="store_true",
+                   help="train every run again instead of reusing finished runs in --out")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(func=_compare)
+
+
+def _grid_args_given(args: argparse.Namespace) -> bool:
+    return any(getattr(args, k) is not None for k in ("task", "optimizers", "clip",
+                                                      "schedule", "seeds")) or args.lr != "auto"
+
+
+def _configs(ap: argparse.ArgumentParser, args: argparse.Namespace,
+             task: tasks.Task) -> tuple[list[RunConfig], dict[str, Any]]:
+    steps = args.steps or task.steps
+    batch = args.batch_size or task.batch_size
+    every = min(args.eval_every or task.eval_every, steps)
+    try:
+        lrs = parse_lrs(args.lr)
+    except ValueError as e:
+        ap.error(str(e))
+    schedules = ["constant"]
+    if args.schedule:
+        schedules = [s.strip() for v in args.schedule for s in v.split(";") if s.strip()]
+    for spec in schedules:
+        try:
+            check_schedule(spec, steps)
+        except (ValueError, TypeError) as e:
+            ap.error(f"invalid --schedule {spec!r}: {e}")
+    if _grid_args_given(args):
+        try:
+            optimizers = parse_names(args.optimizers or TASK_DEFAULTS["optimizers"], OPTIMIZERS,
+                                     "--optimizers")
+        except ValueError as e:
+            ap.error(str(e))
+        grids = [(optimizers, (args.clip or TASK_DEFAULTS["clip"]).split(","))]
+        seeds = args.seeds or TASK_DEFAULTS["seeds"]
+    else:
+        grids = MAIN_JOB["grids"]
+        seeds = args.seeds or MAIN_JOB["seeds"]
+    configs: list[RunConfig] = []
+    all_clips: list[str] = []
+    for optimizers, clip_texts in grids:
+        clips = []
+        for text in clip_texts:
+            if not text.strip():
+                continue
+            try:
+                clips.append(canonical_clip(text.strip()))
+            except (ValueError, TypeError) as e:
+                ap.error(f"invalid --clip {text.strip()!r}: {e}")
+        if not clips:
+            ap.error(f"invalid --clip {args.clip!r}: no clip spec; valid forms: {CLIP_FORMS}")
+        all_clips += [c for c in clips if c not in all_clips]
+        configs += expand(task.name if ":" not in str(args.task) else args.task, optimizers,
+                          clips, schedules, lrs, seeds, steps, batch, every, task.lrs)
+    seen: set[str] = set()
+    unique = [c for c in configs if not (c.run_id in seen or seen.add(c.run_id))]
+    lr_table: dict[str, list[float]] = {}
+    for c in unique:
+        lr_table.setdefault(c.optimizer, [])
+        if c.lr not in lr_table[c.optimizer]:
+            lr_table[c.optimizer].append(c.lr)
+    meta = {
+        "grid": {"optimizers": list(lr_table), "clips": all_clips, "schedules": schedules,
+                 "lrs": lr_table, "seeds": seeds, "steps": steps, "batch_size": batch,
+                 "eval_every": every},
+        "total_runs": len(unique),
+    }
+    return unique, meta
+
+
+def _compare(ap: argparse.ArgumentParser, args: argparse.Namespace) -> int:
+    task_name = args.task or MAIN_JOB["task"]
+    task = _get_task(ap, task_name)
+    configs, meta = _configs(ap, args, task)
+    default_out = Path("gradguard-runs") / (task.name if _grid_args_given(args) else "main")
+    out = _writable_dir(ap, args.out or default_out, "--out")
+    from .compare._report import write_report
+    from .compare._run import write_json
+    from .compare._sweep import run_sweep
+
+    meta.update({
+        "task": task.info(),
+        "command": "gradguard " + shlex.join(args.argv),
+        "created": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
+        "configs": [c.as_dict() for c in configs],
+        "version": __version__,
+    })
+    write_json(out / "sweep.json", meta)
+    workers = args.workers or os.cpu_count() or 1
+    print(f"gradguard compare: task {task.name} — {len(configs)} runs "
+          f"({len(meta['grid']['optimizers'])} optimizers, {len(meta['grid']['clips'])} clip "
+          f"settings, {len(meta['grid']['schedules'])} schedules, {meta['grid']['seeds']} "
+          f"seeds), {meta['grid']['steps']} steps each, {workers} workers -> {out}",
+          file=sys.stderr)
+    result = run_sweep(configs, out, workers=workers, resume=not args.fresh,
+                       progress=not args.no_progress)
+    if result.reused:
+        print(f"reused {result.reused} finished runs from {out / 'runs'}", file=sys.stderr)
+    if not result.records:
+        print("interrupted before any run finished; nothing to report", file=sys.stderr)
+        return EXIT_INTERRUPTED if result.interrupted else 1
+    paths = write_report(out, result.records, meta)
+    _print_summary(paths)
+    if result.interrupted:
+        print(f"\ninterrupted: {len(result.records)} of {len(configs)} runs are saved in "
+              f"{out / 'runs'}; run the same command again to finish the sweep",
+              file=sys.stderr)
+        return EXIT_INTERRUPTED
+    print(f"\n{len(configs)} runs ({result.trained_now} trained now, {result.reused} reused) "
+          f"in {result.seconds:.0f} s", file=sys.stderr)
+    return 0
+
+
+def _print_summary(paths: dict[str, Any]) -> None:
+    print(Path(paths["markdown"]).read_text())
+    print(f"report: {paths['html']}\nsummary: {paths['markdown']}", file=sys.stderr)
+
+
+# -- report ----------------------------------------------------------------------------------
+def _add_report(sub: Any) -> None:
+    p = sub.add_parser("report", help="write the report again from a compare folder",
+                       description="Rebuild report.html, report.md and summary.json from the "
+                                   "runs saved in a `gradguard compare` output folder.")
+    p.add_argument("folder", type=Path, help="the --out folder of gradguard compare")
+    p.set_defaults(func=_report)
+
+
+def _report(ap: argparse.ArgumentParser, args: argparse.Namespace) -> int:
+    from .compare._report import write_report
+    from .compare._sweep import load_records
+
+    try:
+        meta = json.loads((args.folder / "sweep.json").read_text())
+        configs = [RunConfig(**c) for c in meta["configs"]]
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        ap.error(f"invalid folder {str(args.folder)!r}: no readable sweep.json of gradguard "
+                 f"compare there ({e})")
+    _writable_dir(ap, args.folder, "folder")
+    found = load_records(args.folder, configs)
+    records = [found[c.run_id] for c in configs if c.run_id in found]
+    if not records:
+        ap.error(f"invalid folder {str(args.folder)!r}: none of its {len(configs)} runs has "
+                 "finished")
+    _print_summary(write_report(args.folder, records, meta))
+    return 0
+
+
+# -- lr-find ---------------------------------------------------------------------------------
+def _add_lr_find(sub: Any) -> None:
+    p = sub.add_parser("lr-find", help="LR range test on a task: suggests an LR and a clip",
+                       description="Run the LR range test (Smith 2017) on a task's model: the "
+                                   "LR grows each step; the loss curve gives a suggested LR "
+                                   "and the gradient norms a clip threshold.")
+    p.add_argument("--task", default="digits", help=f"the task: {_task_choices()}")
+    p.add_argument("--optimizer", default="adam", choices=list(OPTIMIZERS), metavar="NAME",
+                   help="one of: " + ", ".join(OPTIMIZERS) + " (default: adam)")
+    p.add_argument("--clip", default="none", help="clip spec used during the test (default: "
+                   "none); one of: " + CLIP_FORMS)
+    p.add_argument("--start-lr", type=_positive_float, default=1e-7)
+    p.add_argument("--end-lr", type=_positive_float, default=10.0)
+    p.add_argument("--steps", type=_positive_int, default=100, help="sweep steps (100)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", type=Path, help="folder for lr_finder.json and lr_finder.png "
+                   "(default: gradguard-runs/lr-find-TASK-OPTIMIZER)")
+    p.set_defaults(func=_lr_find)
+
+
+def _lr_find(ap: argparse.ArgumentParser, args: argparse.Namespace) -> int:
+    import torch
+
+    from .compare._grid import make_optimizer
+    from .lr_finder import find_lr
+
+    task = _get_task(ap, args.task)
+    try:
+        clip = canonical_clip(args.clip)
+    except (ValueError, TypeError) as e:
+        ap.error(f"invalid --clip {args.clip!r}: {e}")
+    if args.start_lr >= args.end_lr:
+        ap.error(f"invalid --start-lr {args.start_lr:g}: must be below --end-lr "
+                 f"{args.end_lr:g}")
+    out = _writable_dir(ap, args.out or Path("gradguard-runs")
+                        / f"lr-find-{task.name}-{args.optimizer}", "--out")
+    torch.manual_seed(args.seed)
+    model = task.build_model()
+    opt = make_optimizer(args.optimizer, model.parameters(), args.start_lr, clip)
+    draw = tasks.batches(task, torch.Generator().manual_seed(args.seed))
+    result = find_lr(model, task.loss_fn, draw, opt, start_lr=args.start_lr,
+                     end_lr=args.end_lr, num_steps=args.steps, output_dir=out)
+    print(f"task {task.name}, {args.optimizer}, clip {clip}, {len(result.lrs)} steps "
+          f"({result.stop_reason})")
+    if result.suggestion is not None:
+        print(f"suggested lr: {result.suggestion:.3g} ({result.rule} rule)")
+    else:
+        print("suggested lr: none — " + (result.message or "the loss never fell"))
+    if result.suggested_clip is not None:
+        print(f"suggested clip: global_norm:{result.suggested_clip:.3g} (90th percentile of "
+              "the gradient norms before the loss minimum)")
+    print(f"files: {out / 'lr_finder.json'}" + (f", {out / 'lr_finder.png'}"
+                                                if (out / "lr_finder.png").exists() else ""))
+    return 0
+
+
+# -- bench, tasks ----------------------------------------------------------------------------
+def _add_bench(sub: Any) -> None:
+    from . import bench
+
+    p = sub.add_parser("bench", help="time the clipped step against torch",
+                       description=(bench.__doc__ or "").split("\n\n")[0],
+                       epilog="e.g. gradguard bench --sizes 25 --optimizers adamw,rmsprop "
+                              "--reps 5 --train")
+    bench.add_arguments(p)
+    p.set_defaults(func=lambda ap, args: bench.run(args, ap))
+
+
+def _add_tasks(sub: Any) -> None:
+    p = sub.add_parser("tasks", help="list the built-in tasks",
+                       description="The built-in tasks: real data shipped with Python "
+                                   "packages, a model, a metric and a default budget.")
+    p.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    p.set_defaults(func=_tasks)
+
+
+def _tasks(ap: argparse.ArgumentParser, args: argparse.Namespace) -> int:
+    infos = []
+    for name in tasks.names():
+        try:
+            infos.append(tasks.get(name).info())
+        except ImportError as e:
+            infos.append({"name": name, "description": str(e)})
+    if args.json:
+        print(json.dumps(infos, indent=2))
+        return 0
+    print("| task | what | parameters | train / val | metric (trained at) | steps × batch |")
+    print("|---|---|---|---|---|---|")
+    summaries = tasks.summaries()
+    for info in infos:
+        if "metric" not in info:
+            print(f"| {info['name']} | {info['description']} | | | | |")
+            continue
+        arrow = "≥" if info["higher_is_better"] else "≤"
+        print(f"| {info['name']} | {summaries[info['name']]} | {info['parameters']:,} | "
+              f"{info['train_examples']:,} / {info['val_examples']:,} | {info['metric']} "
+              f"({arrow} {info['target']:g}) | {info['steps']} × {info['batch_size']} |")
+    print("\nA task of your own: --task module:function, where function() returns a "
+          "gradguard.tasks.Task.")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    ap = _Parser(prog="gradguard",
+                 description="Compare optimizers, gradient clipping and schedules on real "
+                             "tasks; find learning rates; benchmark the clipped step.")
+    ap.add_argument("--version", action="version", version=f"gradguard {__version__}")
+    sub = ap.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    _add_compare(sub)
+    _add_report(sub)
+    _add_lr_find(sub)
+    _add_bench(sub)
+    _add_tasks(sub)
+    return ap
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the ``gradguard`` command with ``argv`` (default: ``sys.argv[1:]``)."""
+    ap = build_parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args = ap.parse_args(argv)
+    args.argv = argv
+    if args.command is None:
+        ap.print_help()
+        return EXIT_USAGE
+    sub = ap._subparsers._group_actions[0].choices[args.command]  # type: ignore[union-attr]
+    try:
+        code: int = args.func(sub, args)
+    except KeyboardInterrupt:
+        print("\ninterrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    return code
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,181 @@
+"""What a sweep runs: optimizer names, learning-rate grids, and the grid of run configurations."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+from collections.abc import Iterable, Sequence
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import torch
+from torch.optim import Optimizer
+
+from .. import optim
+from ..clip import ClipPolicy
+from ..clip import parse as parse_clip
+from ..schedules import parse as parse_schedule
+
+__all__ = ["DEFAULT_LRS", "OPTIMIZERS", "RunConfig", "expand", "make_optimizer", "parse_lrs",
+           "parse_names"]
+
+# name -> (class, keyword arguments, what it is)
+OPTIMIZERS: dict[str, tuple[type[Optimizer], dict[str, Any], str]] = {
+    "sgd": (optim.SGD, {}, "plain SGD"),
+    "momentum": (optim.SGD, {"momentum": 0.9}, "SGD with momentum 0.9"),
+    "nesterov": (optim.SGD, {"momentum": 0.9, "nesterov": True}, "SGD, Nesterov momentum 0.9"),
+    "adam": (optim.Adam, {}, "Adam"),
+    "amsgrad": (optim.Adam, {"amsgrad": True}, "Adam with AMSGrad"),
+    "adamw": (optim.AdamW, {}, "AdamW, weight decay 0.01"),
+    "nadam": (optim.NAdam, {}, "NAdam"),
+    "adamax": (optim.Adamax, {}, "Adamax"),
+    "rmsprop": (optim.RMSprop, {}, "RMSprop"),
+    "adagrad": (optim.Adagrad, {}, "Adagrad"),
+    "adadelta": (optim.Adadelta, {}, "Adadelta"),
+    "lars": (optim.LARS, {}, "LARS (momentum 0.9, trust coefficient 1e-3)"),
+    "lamb": (optim.LAMB, {}, "LAMB"),
+    "lion": (optim.Lion, {}, "Lion"),
+}
+
+
+def _log_grid(lo: float, hi: float, n: int) -> tuple[float, ...]:
+    if n == 1:
+        return (lo,)
+    step = (math.log10(hi) - math.log10(lo)) / (n - 1)
+    return tuple(float(f"{10 ** (math.log10(lo) + i * step):.3g}") for i in range(n))
+
+
+# Where each optimizer usually trains: six half-decades (or more) around torch's defaults.
+DEFAULT_LRS: dict[str, tuple[float, ...]] = {
+    "sgd": _log_grid(1e-3, 1.0, 7),
+    "momentum": _log_grid(1e-4, 1e-1, 7),
+    "nesterov": _log_grid(1e-4, 1e-1, 7),
+    "adam": _log_grid(1e-4, 1e-1, 7),
+    "amsgrad": _log_grid(1e-4, 1e-1, 7),
+    "adamw": _log_grid(1e-4, 1e-1, 7),
+    "nadam": _log_grid(1e-4, 1e-1, 7),
+    "adamax": _log_grid(1e-4, 1e-1, 7),
+    "rmsprop": _log_grid(1e-5, 1e-2, 7),
+    "adagrad": _log_grid(1e-3, 1.0, 7),
+    "adadelta": _log_grid(1e-2, 10.0, 7),
+    "lars": _log_grid(1e-2, 10.0, 7),
+    "lamb": _log_grid(1e-4, 1e-1, 7),
+    "lion": _log_grid(1e-5, 1e-2, 7),
+}
+
+
+def parse_names(text: str, valid: Iterable[str], what: str) -> list[str]:
+    """A comma-separated list of names, each one of ``valid``."""
+    choices = list(valid)
+    out = [t.strip().lower() for t in text.split(",") if t.strip()]
+    if not out:
+        raise ValueError(f"Invalid {what}: {text!r} is empty; valid choices: "
+                         f"{', '.join(choices)}")
+    for name in out:
+        if name not in choices:
+            raise ValueError(f"Invalid {what}: {name!r}; valid choices: {', '.join(choices)}")
+    return list(dict.fromkeys(out))
+
+
+def parse_lrs(text: str) -> tuple[float, ...] | None:
+    """A learning-rate grid: ``LO:HI:N`` (N log-spaced values from LO to HI), a comma-separated
+    list, or ``auto`` (None: each optimizer's default range).
+
+    >>> parse_lrs("1e-4:1:5")
+    (0.0001, 0.001, 0.01, 0.1, 1.0)
+    >>> parse_lrs("3e-3,1e-2")
+    (0.003, 0.01)
+    >>> parse_lrs("1e-3:1e-1")
+    Traceback (most recent call last):
+    ValueError: Invalid --lr: '1e-3:1e-1'; ...
+    """
+    usage = ("give LO:HI:N (N log-spaced learning rates from LO to HI, e.g. 1e-4:1:9), a "
+             "comma-separated list (3e-4,1e-3), or auto (each optimizer's default range)")
+    text = text.strip()
+    if text.lower() == "auto":
+        return None
+    try:
+        if ":" in text:
+            parts = text.split(":")
+            if len(parts) != 3:
+                raise ValueError
+            lo, hi, n = float(parts[0]), float(parts[1]), int(parts[2])
+            if not (0 < lo <= hi and math.isfinite(hi)) or n < 1 or (n == 1 and lo != hi):
+                raise ValueError
+            grid = _log_grid(lo, hi, n)
+        else:
+            grid = tuple(float(t) for t in text.split(",") if t.strip())
+            if not grid or not all(0 < v and math.isfinite(v) for v in grid):
+                raise ValueError
+    except ValueError:
+        raise ValueError(f"Invalid --lr: {text!r}; {usage}") from None
+    return tuple(sorted(set(grid)))
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """One training run of a sweep."""
+
+    task: str
+    optimizer: str
+    clip: str
+    schedule: str
+    lr: float
+    seed: int
+    steps: int
+    batch_size: int
+    eval_every: int
+
+    @property
+    def setting(self) -> tuple[str, str, str]:
+        """What the report ranks: (optimizer, clip, schedule), across learning rates/seeds."""
+        return (self.optimizer, self.clip, self.schedule)
+
+    @property
+    def run_id(self) -> str:
+        """A file-name-safe id, the same for the same configuration in every sweep."""
+        blob = json.dumps(asdict(self), sort_keys=True).encode()
+        digest = hashlib.sha1(blob).hexdigest()[:10]
+        safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in
+                       f"{self.optimizer}-{self.clip}-{self.schedule}-lr{self.lr:g}-s{self.seed}")
+        return f"{safe[:80]}-{digest}"
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def expand(task: str, optimizers: Sequence[str], clips: Sequence[str],
+           schedules: Sequence[str], lrs: tuple[float, ...] | None, seeds: int, steps: int,
+           batch_size: int, eval_every: int,
+           task_lrs: dict[str, tuple[float, ...]] | None = None) -> list[RunConfig]:
+    """Every combination, learning rates innermost-but-one and seeds innermost."""
+    out = []
+    for opt_name in optimizers:
+        grid = lrs if lrs is not None else (task_lrs or {}).get(opt_name, DEFAULT_LRS[opt_name])
+        for clip in clips:
+            for sched in schedules:
+                for lr in grid:
+                    for seed in range(seeds):
+                        out.append(RunConfig(task, opt_name, clip, sched, float(lr), seed,
+                                             steps, batch_size, eval_every))
+    return out
+
+
+def canonical_clip(spec: str) -> str:
+    """The clip spec as gradguard writes it (``global_norm:1`` -> ``global_norm:1.0``)."""
+    policy: ClipPolicy = parse_clip(spec)
+    return policy.spec
+
+
+def check_schedule(spec: str, steps: int) -> str:
+    """Raise ValueError if ``spec`` is not a schedule that can run for ``steps`` steps."""
+    param = torch.nn.Parameter(torch.zeros(()))
+    parse_schedule(spec, torch.optim.SGD([param], lr=1.0), steps)
+    return spec.strip()
+
+
+def make_optimizer(name: str, params: Iterable[Any], lr: float, clip: str) -> Optimizer:
+    """The gradguard optimizer ``name`` (see :data:`OPTIMIZERS`) with ``clip``."""
+    cls, kwargs, _ = OPTIMIZERS[name]
+    return cls(params, lr=lr, clip=clip, **kwargs)  # type: ignore[call-arg]

@@ -1,0 +1,192 @@
+"""One training run of a sweep, and the record it leaves on disk."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from ..clip import AutoClip, GlobalNorm, ZClip
+from ..errors import NonFiniteGradientError
+from ..schedules import parse as parse_schedule
+from ..schedules._spec import _takes_metrics
+from ..tasks import Task, batches
+from ._grid import RunConfig, make_optimizer
+
+__all__ = ["SCHEMA", "read_record", "train_one", "write_json"]
+
+SCHEMA = 1
+
+
+def _num(x: float) -> float | None:
+    """A finite float rounded to 6 significant digits, or None (JSON has no NaN)."""
+    x = float(x)
+    return float(f"{x:.6g}") if math.isfinite(x) else None
+
+
+def _nums(values: list[float]) -> list[float | None]:
+    return [_num(v) for v in values]
+
+
+def write_json(path: Path, data: Any) -> None:
+    """Write ``data`` as JSON to ``path`` atomically: the file is complete or absent."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w") as f:
+            json.dump(data, f, allow_nan=False, separators=(",", ":"))
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def read_record(path: Path) -> dict[str, Any] | None:
+    """A saved run record, or None if the file is missing, unreadable or of another schema."""
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    if not isinstance(data, dict) or data.get("schema") != SCHEMA:
+        return None
+    return data
+
+
+def _threshold(policy: Any) -> Tensor | float | None:
+    if isinstance(policy, GlobalNorm) and policy.norm_type == 2.0:
+        return float(policy.c)
+    if isinstance(policy, AutoClip | ZClip):
+        thr: Tensor | None = policy.last_threshold
+        return thr
+    return None
+
+
+def train_one(task: Task, cfg: RunConfig) -> dict[str, Any]:
+    """Train ``task``'s model once as ``cfg`` says and return the run's record.
+
+    The record (plain JSON data) holds the configuration, ``status`` (``ok``; ``diverged``
+    when the loss or the parameters stopped being finite, or the guard gave up after repeated
+    non-finite steps; ``error`` with the message for anything else), ``trained`` (the final
+    metric reached the task's target), final and best numbers, evaluation curves (train loss
+    averaged over each interval, validation loss and metric, LR) and per-step gradient
+    statistics (pre-clip norm, clip threshold, clipped and skipped flags).
+    """
+    start = time.perf_counter()
+    torch.manual_seed(cfg.seed)
+    model = task.build_model()
+    model.train()
+    opt = make_optimizer(cfg.optimizer, model.parameters(), cfg.lr, cfg.clip)
+    sched = None if cfg.schedule == "constant" else parse_schedule(cfg.schedule, opt, cfg.steps)
+    takes_metrics = sched is not None and _takes_metrics(sched)
+    draw = batches(task, torch.Generator().manual_seed(10_000 + cfg.seed))
+    policy = getattr(opt, "clip", None)
+    has_thr = _threshold(policy) is not None
+
+    n = cfg.steps
+    norms = torch.full((n,), math.nan)
+    thresholds = torch.full((n,), math.nan)
+    clipped = torch.zeros(n, dtype=torch.bool)
+    skipped = torch.zeros(n, dtype=torch.bool)
+    losses = torch.full((n,), math.nan)
+    curves: dict[str, list[Any]] = {"step": [], "train_loss": [], "val_loss": [], "metric": [],
+                                    "lr": []}
+    status, error = "ok", None
+    smooth, smooth_w = 0.0, 0.0
+
+    def evaluate(step: int) -> None:
+        val_loss, metric = task.evaluate(model)
+        lo = max(0, step - cfg.eval_every)
+        window = losses[lo:step]
+        finite = window[torch.isfinite(window)]
+        curves["step"].append(step)
+        curves["train_loss"].append(_num(finite.mean()) if finite.numel() else None)
+        curves["val_loss"].append(_num(val_loss))
+        curves["metric"].append(_num(metric))
+        curves["lr"].append(_num(opt.param_groups[0]["lr"]))
+
+    done = 0
+    try:
+        evaluate(0)
+        for t in range(n):
+            x, y = draw()
+            opt.zero_grad(set_to_none=True)
+            loss = task.loss_fn(model(x), y)
+            loss.backward()
+            opt.step()
+            rec = opt.last_step  # type: ignore[attr-defined]
+            losses[t] = loss.detach()
+            norms[t] = rec.grad_norm
+            clipped[t] = rec.clipped
+            skipped[t] = rec.skipped
+            if has_thr:
+                thr = _threshold(policy)
+                if thr is not None:
+                    thresholds[t] = thr
+            done = t + 1
+            if sched is not None:
+                if takes_metrics:
+                    value = float(loss)
+                    if math.isfinite(value):
+                        smooth = 0.9 * smooth + 0.1 * value
+                        smooth_w = 0.9 * smooth_w + 0.1
+                    sched.step(smooth / smooth_w if smooth_w else value)  # type: ignore[arg-type]
+                else:
+                    sched.step()
+            if done % cfg.eval_every == 0 or done == n:
+                evaluate(done)
+                if curves["val_loss"][-1] is None and curves["train_loss"][-1] is None:
+                    status = "diverged"
+                    break
+    except NonFiniteGradientError as e:
+        status, error = "diverged", str(e).splitlines()[0]
+    except (RuntimeError, ValueError, FloatingPointError) as e:
+        status, error = "error", f"{type(e).__name__}: {e}"
+    if status == "ok" and not all(torch.isfinite(p).all() for p in model.parameters()):
+        status = "diverged"
+    if status != "ok" and (not curves["step"] or curves["step"][-1] != done):
+        try:
+            evaluate(done)
+        except (RuntimeError, ValueError):
+            pass
+    final_metric = curves["metric"][-1] if curves["metric"] else None
+    if status != "ok":
+        final_metric = None
+    finite_metrics = [m for m in curves["metric"] if m is not None]
+    best = None
+    for m in finite_metrics:
+        if best is None or task.better(m, best):
+            best = m
+    return {
+        "schema": SCHEMA,
+        "id": cfg.run_id,
+        "config": cfg.as_dict(),
+        "status": status,
+        "error": error,
+        "trained": status == "ok" and task.trained(final_metric),
+        "final": {
+            "train_loss": curves["train_loss"][-1] if curves["train_loss"] else None,
+            "val_loss": curves["val_loss"][-1] if status == "ok" else None,
+            "metric": final_metric,
+        },
+        "best_metric": best,
+        "curves": curves,
+        "grad": {
+            "norm": _nums(norms[:done].tolist()),
+            "threshold": _nums(thresholds[:done].tolist()) if has_thr else None,
+            "clipped": [int(v) for v in clipped[:done].tolist()],
+            "skipped": [int(v) for v in skipped[:done].tolist()],
+        },
+        "clipped_steps": int(clipped[:done].sum()),
+        "skipped_steps": int(skipped[:done].sum()),
+        "steps_done": done,
+        "seconds": round(time.perf_counter() - start, 3),
+    }
