@@ -17,7 +17,7 @@ from ..clip import ClipPolicy
 from ..clip import parse as parse_clip
 from ..schedules import parse as parse_schedule
 
-__all__ = ["DEFAULT_LRS", "OPTIMIZERS", "RunConfig", "expand", "make_optimizer", "parse_lrs",
+__all__ = ["DEFAULT_LRS", "OPTIMIZERS", "RunConfig", "expand", "log_grid", "make_optimizer", "parse_lrs",
            "parse_names"]
 
 # name -> (class, keyword arguments, what it is)
@@ -39,7 +39,8 @@ OPTIMIZERS: dict[str, tuple[type[Optimizer], dict[str, Any], str]] = {
 }
 
 
-def _log_grid(lo: float, hi: float, n: int) -> tuple[float, ...]:
+def log_grid(lo: float, hi: float, n: int) -> tuple[float, ...]:
+    """``n`` log-spaced values from ``lo`` to ``hi``, rounded to 3 significant digits."""
     if n == 1:
         return (lo,)
     step = (math.log10(hi) - math.log10(lo)) / (n - 1)
@@ -48,20 +49,20 @@ def _log_grid(lo: float, hi: float, n: int) -> tuple[float, ...]:
 
 # Where each optimizer usually trains: six half-decades (or more) around torch's defaults.
 DEFAULT_LRS: dict[str, tuple[float, ...]] = {
-    "sgd": _log_grid(1e-3, 1.0, 7),
-    "momentum": _log_grid(1e-4, 1e-1, 7),
-    "nesterov": _log_grid(1e-4, 1e-1, 7),
-    "adam": _log_grid(1e-4, 1e-1, 7),
-    "amsgrad": _log_grid(1e-4, 1e-1, 7),
-    "adamw": _log_grid(1e-4, 1e-1, 7),
-    "nadam": _log_grid(1e-4, 1e-1, 7),
-    "adamax": _log_grid(1e-4, 1e-1, 7),
-    "rmsprop": _log_grid(1e-5, 1e-2, 7),
-    "adagrad": _log_grid(1e-3, 1.0, 7),
-    "adadelta": _log_grid(1e-2, 10.0, 7),
-    "lars": _log_grid(1e-2, 10.0, 7),
-    "lamb": _log_grid(1e-4, 1e-1, 7),
-    "lion": _log_grid(1e-5, 1e-2, 7),
+    "sgd": log_grid(1e-3, 1.0, 7),
+    "momentum": log_grid(1e-4, 1e-1, 7),
+    "nesterov": log_grid(1e-4, 1e-1, 7),
+    "adam": log_grid(1e-4, 1e-1, 7),
+    "amsgrad": log_grid(1e-4, 1e-1, 7),
+    "adamw": log_grid(1e-4, 1e-1, 7),
+    "nadam": log_grid(1e-4, 1e-1, 7),
+    "adamax": log_grid(1e-4, 1e-1, 7),
+    "rmsprop": log_grid(1e-5, 1e-2, 7),
+    "adagrad": log_grid(1e-3, 1.0, 7),
+    "adadelta": log_grid(1e-2, 10.0, 7),
+    "lars": log_grid(1e-2, 10.0, 7),
+    "lamb": log_grid(1e-4, 1e-1, 7),
+    "lion": log_grid(1e-5, 1e-2, 7),
 }
 
 
@@ -103,7 +104,7 @@ def parse_lrs(text: str) -> tuple[float, ...] | None:
             lo, hi, n = float(parts[0]), float(parts[1]), int(parts[2])
             if not (0 < lo <= hi and math.isfinite(hi)) or n < 1 or (n == 1 and lo != hi):
                 raise ValueError
-            grid = _log_grid(lo, hi, n)
+            grid = log_grid(lo, hi, n)
         else:
             grid = tuple(float(t) for t in text.split(",") if t.strip())
             if not grid or not all(0 < v and math.isfinite(v) for v in grid):

@@ -34,4 +34,14 @@ def digits() -> Task:
         loss_fn=nn.functional.cross_entropy, metric_fn=accuracy,
         metric_name="accuracy", higher_is_better=True, target=0.8, baseline=0.1,
         steps=400, batch_size=64, eval_every=25,
+        # Measured (400 steps, seed 0): plain SGD and momentum only move off chance level at
+        # LRs 100x above the adaptive methods', Adagrad a decade above Adam.
+        lrs={"sgd": _grid(1e-2, 10.0), "momentum": _grid(1e-3, 1.0),
+             "nesterov": _grid(1e-3, 1.0), "adagrad": _grid(1e-4, 1e-1)},
     )
+
+
+def _grid(lo: float, hi: float) -> tuple[float, ...]:
+    from ..compare._grid import log_grid
+
+    return log_grid(lo, hi, 7)
