@@ -12,6 +12,13 @@ torch's fused kernels writing ``grad / grad_scale`` back (the optimizer calls :m
 One cannot be seen at all: an edit through ``.data`` (``p.grad.data.mul_(2)``) bypasses the
 version counter by design; code that does that should create the optimizer with
 ``measure_in_backward=False``, or edit ``p.grad`` itself.
+
+Across processes (``torch.distributed`` initialized with more than one process) the hooks
+measure only sharded gradients (DTensors): FSDP2 runs a sharded parameter's hooks after the
+reduce-scatter, on the reduced shard, so the record is of the final local shard. A plain
+gradient's hook fires before DDP's bucket all-reduce (the staleness check would then reject the
+record: DDP replaces or rewrites the gradient after the hook), so plain gradients are not
+measured in backward there; the step measures them once, after the reduction.
 """
 
 from __future__ import annotations
@@ -23,6 +30,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor
 
+from ._dist import is_dtensor, local, multi_process, rows_whole
 from ._stats import measure, unitwise_norm
 
 
@@ -68,23 +76,28 @@ class GradHooks:
         g = p.grad
         if g is None or g.is_sparse:
             return
+        sharded = is_dtensor(g)
+        if not sharded and multi_process():
+            return  # DDP reduces this gradient after the hook: measured at the step instead
         with torch.no_grad():
-            rec = _Record(weakref.ref(g), g._version)
+            part = local(g)  # a sharded gradient: the local shard; its norms are partial
+            rec = _Record(weakref.ref(g), part._version)
             for t in self.norm_types:
-                rec.norms[t] = measure([g], t)[0]
-            if self.units:
-                rec.units = unitwise_norm(g)
+                rec.norms[t] = measure([part], t)[0]
+            if self.units and (not sharded or (part.dim() > 1 and rows_whole(g))):
+                rec.units = unitwise_norm(part)
         self._records[id(p)] = rec
 
     def _valid(self, p: Tensor) -> _Record | None:
         rec = self._records.get(id(p))
         g = p.grad
-        if rec is None or g is None or rec.grad() is not g or g._version != rec.version:
+        if rec is None or g is None or rec.grad() is not g or local(g)._version != rec.version:
             return None
         return rec
 
     def lookup(self, p: Tensor, norm_type: float) -> Tensor | None:
-        """The recorded ``norm_type``-norm of ``p.grad``, or None if there is no valid one."""
+        """The recorded ``norm_type``-norm of ``p.grad`` (of its local shard, for a DTensor),
+        or None if there is no valid one."""
         rec = self._valid(p)
         value = None if rec is None else rec.norms.get(float(norm_type))
         if value is None:

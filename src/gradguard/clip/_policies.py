@@ -19,7 +19,8 @@ import torch
 from torch import Tensor
 
 from .._validation import check_nonneg, check_positive, check_unit_interval
-from ._stats import GradStats, unitwise_norm
+from ._dist import local
+from ._stats import GradStats
 
 __all__ = [
     "AGC",
@@ -124,10 +125,11 @@ class ClipPolicy:
         skip = ~torch.isfinite(total) if self.stateful else None
         decision = self.decide(stats, idx, skip)
         for g, s in zip(grads, decision.scales, strict=True):
+            part = local(g)  # a sharded gradient: scales are those of its local shard
             if s is not None:
-                g.mul_(s.to(g.dtype))
+                part.mul_(s.to(part.dtype))
             if decision.clamp is not None:
-                g.clamp_(-decision.clamp, decision.clamp)
+                part.clamp_(-decision.clamp, decision.clamp)
         return total
 
 
@@ -256,7 +258,7 @@ class AGC(ClipPolicy):
         mins: list[Tensor] = []
         for i in idx:
             g_norm = stats.unit_norms(i)
-            max_norm = unitwise_norm(stats.params[i].detach()).clamp_min(self.eps) * self.clipping
+            max_norm = stats.param_unit_norms(i).clamp_min(self.eps) * self.clipping
             s = torch.where(g_norm > max_norm, max_norm / g_norm.clamp_min(_EPS), 1.0)
             scales.append(s)
             mins.append(s.min().to(torch.float32))

@@ -1,15 +1,20 @@
 """Gradient statistics for one step, gathered once and shared by every clip policy and the guard.
 
 Everything stays a tensor on the gradients' device: nothing here reads a value on the host.
+Sharded gradients (FSDP2's DTensors) are measured on their local shards, and the norms of the
+whole tensors come from one all-reduce of a small vector (see :mod:`gradguard.clip._dist`).
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable
 from typing import TYPE_CHECKING
 
 import torch
 from torch import Tensor
+
+from ._dist import Groups, is_dtensor, local, reduce_norms, rows_whole, shard_groups
 
 if TYPE_CHECKING:
     from ._hooks import GradHooks
@@ -75,6 +80,12 @@ class GradStats:
     tensor, e.g. GradScaler's inverse scale) multiplies every norm: the statistics are those of
     ``grad * multiplier`` without computing that product.
 
+    Sharded gradients (DTensors) are measured on their local shards and every norm is that of
+    the whole tensor: the first call of :meth:`norms` all-reduces the per-shard values of all
+    tensors at once (every process must ask for the same statistics in the same order, as the
+    optimizers do). ``param_norms`` lists tensors whose parameter norm a policy will ask for
+    (AGC's vectors): for sharded ones it rides in that same all-reduce.
+
     >>> g = [torch.tensor([3.0, 4.0]), torch.tensor([0.0])]
     >>> stats = GradStats([torch.zeros(2), torch.zeros(1)], g)
     >>> stats.total_norm([0, 1])
@@ -82,7 +93,8 @@ class GradStats:
     """
 
     def __init__(self, params: list[Tensor], grads: list[Tensor],
-                 hooks: GradHooks | None = None, multiplier: Tensor | None = None) -> None:
+                 hooks: GradHooks | None = None, multiplier: Tensor | None = None,
+                 param_norms: Iterable[int] = ()) -> None:
         self.params = params
         self.grads = grads
         self.hooks = hooks
@@ -90,6 +102,16 @@ class GradStats:
         self._norms: dict[float, list[Tensor]] = {}
         self._units: dict[int, Tensor] = {}
         self._totals: dict[tuple[float, tuple[int, ...]], Tensor] = {}
+        self._groups: list[Groups] | None = None
+        self._want_param_norms = tuple(param_norms)
+        self._param_norms: dict[int, Tensor] = {}
+
+    def shard_groups(self) -> list[Groups]:
+        """The process groups each gradient is sharded over (all empty unless DTensors)."""
+        if self._groups is None:
+            self._groups = [shard_groups(g, f"gradient {i}") if is_dtensor(g) else ()
+                            for i, g in enumerate(self.grads)]
+        return self._groups
 
     def norms(self, norm_type: float = 2.0) -> list[Tensor]:
         """The ``norm_type``-norm of every gradient (0-d tensors, float32 or float64)."""
@@ -111,11 +133,30 @@ class GradStats:
             if out[i] is None:
                 buckets.setdefault((g.device, g.dtype), []).append(i)
         for idx in buckets.values():
-            for i, n in zip(idx, measure([self.grads[i] for i in idx], norm_type), strict=True):
+            parts = [local(self.grads[i]) for i in idx]
+            for i, n in zip(idx, measure(parts, norm_type), strict=True):
                 out[i] = n
-        result = [self._scaled(n) for n in out if n is not None]
+        result = [n for n in out if n is not None]
         assert len(result) == len(self.grads)
-        return result
+        groups = self.shard_groups()
+        if any(groups):
+            result = self._reduce(result, groups, norm_type)
+        return [self._scaled(n) for n in result]
+
+    def _reduce(self, norms: list[Tensor], groups: list[Groups], norm_type: float) -> list[Tensor]:
+        """Whole-tensor norms from shard norms; the 2-norm reduction also carries the
+        parameter norms asked for in ``param_norms``."""
+        extra: list[int] = []
+        if norm_type == 2.0:
+            extra = [i for i in self._want_param_norms
+                     if i not in self._param_norms and self.params[i].dim() <= 1
+                     and shard_groups(self.params[i], f"parameter {i}")]
+        local_p = [_vector_norm(local(self.params[i].detach())) for i in extra]
+        reduced = reduce_norms(norms + local_p,
+                               groups + [shard_groups(self.params[i]) for i in extra], norm_type)
+        for i, n in zip(extra, reduced[len(norms):], strict=True):
+            self._param_norms[i] = n
+        return reduced[:len(norms)]
 
     def _scaled(self, norm: Tensor) -> Tensor:
         return norm if self.multiplier is None else norm * self.multiplier.to(norm.dtype)
@@ -131,12 +172,48 @@ class GradStats:
         return total
 
     def unit_norms(self, i: int) -> Tensor:
-        """Unit-wise gradient norms of tensor ``i`` (see :func:`unitwise_norm`)."""
+        """Unit-wise gradient norms of tensor ``i`` (see :func:`unitwise_norm`); for a sharded
+        gradient, those of its local rows (each row lies whole on one process)."""
         cached = self._units.get(i)
         if cached is None:
-            raw = self.hooks.lookup_units(self.params[i]) if self.hooks is not None else None
-            if raw is None:
-                raw = unitwise_norm(self.grads[i])
-            cached = self._scaled(raw)
+            g = self.grads[i]
+            if is_dtensor(g) and g.dim() <= 1:
+                cached = self.norms(2.0)[i]  # the whole vector is one unit: reduced already
+            else:
+                if not rows_whole(g):
+                    raise NotImplementedError(_split_rows("gradient", i, g))
+                raw = self.hooks.lookup_units(self.params[i]) if self.hooks is not None else None
+                if raw is None:
+                    raw = unitwise_norm(local(g))
+                cached = self._scaled(raw)
             self._units[i] = cached
         return cached
+
+    def param_unit_norms(self, i: int) -> Tensor:
+        """Unit-wise norms of parameter ``i`` (see :func:`unitwise_norm`), shaped like
+        :meth:`unit_norms`; a sharded vector's norm is that of the whole vector."""
+        cached = self._param_norms.get(i)
+        if cached is not None:
+            return cached
+        p = self.params[i].detach()
+        if not is_dtensor(p):
+            return unitwise_norm(p)
+        if not rows_whole(p):
+            raise NotImplementedError(_split_rows("parameter", i, p))
+        if p.dim() > 1:
+            return unitwise_norm(local(p))
+        groups = shard_groups(p, f"parameter {i}")
+        norm = _vector_norm(local(p))
+        cached = reduce_norms([norm], [groups], 2.0)[0] if groups else norm
+        self._param_norms[i] = cached
+        return cached
+
+
+def _vector_norm(t: Tensor) -> Tensor:
+    return torch.linalg.vector_norm(t, dtype=_norm_dtype(t))
+
+
+def _split_rows(what: str, i: int, t: Tensor) -> str:
+    return (f"Invalid {what} {i} for unit-wise (AGC) norms: placements "
+            f"{tuple(t.placements)} split its rows across processes; "  # type: ignore[attr-defined]
+            "shard it along dim 0 (FSDP2's default) or use another clip policy")

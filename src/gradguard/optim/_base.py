@@ -11,8 +11,16 @@ from torch.optim import Optimizer
 
 from .._validation import check_choice
 from ..clip import ClipPolicy, GradHooks, resolve
+from ..clip._dist import is_dtensor, local
 from ._backends import BACKENDS, default_backend, run_compiled, update_tensors
-from ._core import GuardCore, GuardReadouts, export_groups, restore_group_clips
+from ._core import (
+    GuardCore,
+    GuardReadouts,
+    attach_extras,
+    detach_extras,
+    export_groups,
+    restore_group_clips,
+)
 
 Rule = Callable[..., tuple[Tensor, dict[str, Tensor]]]
 
@@ -32,6 +40,8 @@ class GuardedOptimizer(GuardReadouts, Optimizer):
     _rule: ClassVar[Rule]
     # GradScaler hands us its scale and found-inf flag instead of unscaling the gradients.
     _step_supports_amp_scaling = True
+    # Set where the rule needs norms of whole tensors, which a shard does not have (the reason).
+    _whole_tensors: ClassVar[str | None] = None
 
     def __init__(
         self,
@@ -65,8 +75,19 @@ class GuardedOptimizer(GuardReadouts, Optimizer):
         if "clip" in param_group:
             param_group["clip"] = resolve(param_group["clip"], "param group clip")
         super().add_param_group(param_group)
+        if self._whole_tensors is not None:
+            self._check_not_sharded(self.param_groups[-1])
         if getattr(self, "_hooks", None) is not None:
             self._attach_hooks()
+
+    def _check_not_sharded(self, group: dict[str, Any]) -> None:
+        for i, p in enumerate(group["params"]):
+            if is_dtensor(p) and any(pl.is_shard() for pl in p.placements):
+                raise NotImplementedError(
+                    f"{type(self).__name__} does not support sharded parameters (FSDP2): "
+                    f"params[{i}] (shape {tuple(p.shape)}) has placements "
+                    f"{tuple(p.placements)}; {self._whole_tensors}. Use it with DDP, or "
+                    "another optimizer under FSDP2")
 
     # -- norms measured during backward -----------------------------------------------------
     def _attach_hooks(self) -> None:
@@ -141,8 +162,21 @@ class GuardedOptimizer(GuardReadouts, Optimizer):
             params = [plan.params[k] for k in ks]
             states = [self._state_for(p, group) for p in params]
             fresh = [self._fresh.get(p) for p in params]
-            self._update_group(group, params, [plan.grads[k] for k in ks], states,
-                               [plan.scales[k] for k in ks], plan.clamps[ks[0]], fresh, plan.skip)
+            grads = [plan.grads[k] for k in ks]
+            if any(is_dtensor(p) for p in params):
+                # Sharded (FSDP2): the rule runs on the local shards; the state stays DTensor.
+                params_l = [local(p) for p in params]
+                grads_l = [local(g) for g in grads]
+                states_l = [{k: local(v) for k, v in st.items()} for st in states]
+            else:
+                params_l, grads_l, states_l = params, grads, states
+            wrote = self._update_group(group, params_l, grads_l, states_l,
+                                       [plan.scales[k] for k in ks], plan.clamps[ks[0]], fresh,
+                                       plan.skip)
+            if wrote and self._hooks is not None:
+                # torch's fused kernels write grad / grad_scale back into .grad, without a
+                # version bump: forget what the hooks measured.
+                self._hooks.forget(params)
             for p, f in zip(params, fresh, strict=True):
                 if f is not None:
                     self._fresh[p] = (f & plan.skip if plan.skip is not None
@@ -152,24 +186,23 @@ class GuardedOptimizer(GuardReadouts, Optimizer):
 
     def _update_group(self, group: dict[str, Any], params: list[Tensor], grads: list[Tensor],
                       states: list[dict[str, Tensor]], scales: list[Tensor | None],
-                      clamp: float | None, fresh: list[Tensor | None], skip: Tensor | None) -> None:
-        """Run the update rule over one param group on the chosen backend."""
+                      clamp: float | None, fresh: list[Tensor | None],
+                      skip: Tensor | None) -> bool:
+        """Run the update rule over one param group on the chosen backend. True when a fused
+        kernel wrote into the gradients."""
         hparams = {k: v for k, v in group.items() if k not in _NOT_HPARAMS}
         lr = group["lr"]
         if self.backend in ("auto", "native"):
             ok, shared = self._native_scale(group, params, grads, scales, clamp)
             if ok:
                 self._native_update(group, params, grads, states, shared, skip)
-                if shared is not None and self._hooks is not None:
-                    # torch's fused kernels write grad / grad_scale back into .grad, without a
-                    # version bump: forget what the hooks measured.
-                    self._hooks.forget(params)
-                return
+                return shared is not None
         if self.backend != "eager" and run_compiled(type(self)._rule, params, grads, states,
                                                     scales, clamp, fresh, skip, lr, hparams):
-            return
+            return False
         update_tensors(type(self)._rule, params, grads, states, scales, clamp, fresh, skip, lr,
                        hparams)
+        return False
 
     # -- torch's native fused kernels -------------------------------------------------------
     def _native_supported(self, group: dict[str, Any]) -> bool:
@@ -207,19 +240,20 @@ class GuardedOptimizer(GuardReadouts, Optimizer):
     # -- checkpoints ------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
         """torch.optim's state_dict (loadable by the torch optimizer of the same name) plus a
-        ``"gradguard"`` entry: clip-policy state and the clipped/skipped counters."""
+        ``"gradguard"`` entry: clip-policy state and the clipped/skipped counters (under
+        torch.distributed also carried in ``param_groups[0]``, where torch's distributed
+        checkpoint utilities keep it)."""
         sd = super().state_dict()
         export_groups(sd["param_groups"])
         extra = self._core.state_dict(self.param_groups)
         index = {id(p): i for i, p in enumerate(p for g in self.param_groups for p in g["params"])}
         extra["fresh"] = {index[id(p)]: t for p, t in self._fresh.items() if id(p) in index}
-        sd["gradguard"] = extra
+        attach_extras(sd, extra)
         return sd
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         """Load a state_dict of this optimizer or of the torch.optim optimizer of the same name."""
-        state_dict = dict(state_dict)
-        extra = state_dict.pop("gradguard", None)
+        state_dict, extra = detach_extras(state_dict)
         before = [("clip" in g, g.get("clip")) for g in self.param_groups]
         super().load_state_dict(state_dict)
         restore_group_clips(self.param_groups, before)

@@ -11,10 +11,12 @@ from dataclasses import dataclass
 from typing import Any, NamedTuple
 
 import torch
+import torch.distributed as dist
 from torch import Tensor
 
 from .._validation import check_choice
 from ..clip import AGC, ClipPolicy, GlobalNorm, GradHooks, GradStats, Norm, Value, resolve
+from ..clip._dist import is_dtensor
 from ..errors import NonFiniteGradientError
 
 NONFINITE_MODES = ("skip", "raise", "off")
@@ -37,7 +39,12 @@ class StepRecord(NamedTuple):
 
 @dataclass
 class StepPlan:
-    """The gradients of one step and what to do with them."""
+    """The gradients of one step and what to do with them.
+
+    ``skip``: leave parameters, state and clip history as they are (a non-finite gradient, or
+    a step that can change nothing); ``nonfinite``: the part of it that is a bad step, counted
+    and reported (None when nothing checks for it).
+    """
 
     params: list[Tensor]
     grads: list[Tensor]
@@ -47,6 +54,7 @@ class StepPlan:
     skip: Tensor | None
     stats: GradStats
     record: StepRecord
+    nonfinite: Tensor | None = None
 
 
 def commit(dst: Tensor, new: Tensor, skip: Tensor | None) -> None:
@@ -184,18 +192,27 @@ class GuardCore:
                 owners.append(gi)
         if not params:
             return None
-        stats = GradStats(params, grads, hooks, multiplier)
-        grad_norm = stats.total_norm(list(range(len(grads))))
-        skip = None if self.nonfinite == "off" else ~torch.isfinite(grad_norm)
-        if found_inf is not None:
-            inf = found_inf.to(device=grad_norm.device, dtype=torch.bool)
-            skip = inf if skip is None else skip | inf
-
         buckets: dict[int, tuple[ClipPolicy, list[int]]] = {}
         for k, gi in enumerate(owners):
             policy = self.policy_of(param_groups[gi])
             if policy is not None:
                 buckets.setdefault(id(policy), (policy, []))[1].append(k)
+        # Sharded gradients: AGC's vector parameter norms join the one all-reduce of the norms.
+        param_norms = [k for policy, idx in buckets.values() if isinstance(policy, AGC)
+                       for k in idx] if any(is_dtensor(g) for g in grads) else []
+        stats = GradStats(params, grads, hooks, multiplier, param_norms)
+        grad_norm = stats.total_norm(list(range(len(grads))))
+        nonfinite = None if self.nonfinite == "off" else ~torch.isfinite(grad_norm)
+        if found_inf is not None:
+            inf = found_inf.to(device=grad_norm.device, dtype=torch.bool)
+            nonfinite = inf if nonfinite is None else nonfinite | inf
+        skip = nonfinite
+        if all(isinstance(g.get("lr"), float | int) and g["lr"] == 0 for g in param_groups):
+            # A step that can change nothing (lr 0, zero gradients: what torch's distributed
+            # checkpoint runs to create optimizer state) enters no clip history.
+            idle = grad_norm == 0
+            skip = idle if skip is None else skip | idle
+
         scales: list[Tensor | None] = [None] * len(grads)
         clamps: list[float | None] = [None] * len(grads)
         mins: list[Tensor] = []
@@ -217,9 +234,10 @@ class GuardCore:
         clipped = clip_scale < 1
         if skip is not None:
             clipped = clipped & ~skip
-        skipped = skip if skip is not None else torch.zeros((), dtype=torch.bool, device=device)
+        skipped = (nonfinite if nonfinite is not None
+                   else torch.zeros((), dtype=torch.bool, device=device))
         record = StepRecord(grad_norm.to(torch.float32), clip_scale, clipped, skipped)
-        return StepPlan(params, grads, owners, scales, clamps, skip, stats, record)
+        return StepPlan(params, grads, owners, scales, clamps, skip, stats, record, nonfinite)
 
     def finish(self, plan: StepPlan, param_groups: list[dict[str, Any]]) -> None:
         """Count the step, publish ``last_step``, and raise after too many skips in a row."""
@@ -230,6 +248,10 @@ class GuardCore:
             self._zero_counters(device)
         assert self.clipped_steps is not None and self.skipped_steps is not None
         assert self.consecutive_skips is not None
+        if self.clipped_steps.device != device:  # loaded from a checkpoint on another device
+            self.clipped_steps, self.skipped_steps, self.consecutive_skips = (
+                t.to(device) for t in (self.clipped_steps, self.skipped_steps,
+                                       self.consecutive_skips))
         self.clipped_steps = self.clipped_steps + rec.clipped.to(torch.int64)
         self.skipped_steps = self.skipped_steps + rec.skipped.to(torch.int64)
         self.consecutive_skips = torch.where(rec.skipped, self.consecutive_skips + 1, 0)
@@ -300,6 +322,45 @@ class GuardCore:
             policy = param_groups[int(gi)].get("clip")
             if policy is not None:
                 policy.load_state_dict(sd)
+
+
+EXTRAS_KEY = "gradguard"
+
+
+def _to_cpu(tree: Any) -> Any:
+    if isinstance(tree, Tensor):
+        return tree.detach().cpu()
+    if isinstance(tree, dict):
+        return {k: _to_cpu(v) for k, v in tree.items()}
+    return tree
+
+
+def attach_extras(sd: dict[str, Any], extra: dict[str, Any]) -> None:
+    """Put gradguard's entry (clip state, counters) into a packed state_dict under
+    ``"gradguard"``. Where ``torch.distributed`` is initialized, also as a CPU copy in
+    ``param_groups[0]["gradguard"]``, wrapped in a 1-tuple: torch's distributed checkpoint
+    utilities (``get_optimizer_state_dict``, ``set_optimizer_state_dict``) keep only ``state``
+    and ``param_groups``, and DCP saves a tuple as one opaque object, so the entry survives
+    whatever shapes its tensors have. (Not in single-process state_dicts, whose param groups
+    hold hyperparameters only.)"""
+    sd[EXTRAS_KEY] = extra
+    if sd["param_groups"] and dist.is_available() and dist.is_initialized():
+        sd["param_groups"][0][EXTRAS_KEY] = (_to_cpu(extra),)
+
+
+def detach_extras(state_dict: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any] | None]:
+    """The state_dict without gradguard's entry (the caller's dict is not changed), and that
+    entry: the top-level one, else the copy carried in the param groups."""
+    state_dict = dict(state_dict)
+    extra = state_dict.pop(EXTRAS_KEY, None)
+    groups = state_dict.get("param_groups")
+    if isinstance(groups, list) and any(EXTRAS_KEY in g for g in groups):
+        carried = [g[EXTRAS_KEY] for g in groups if EXTRAS_KEY in g]
+        state_dict["param_groups"] = [{k: v for k, v in g.items() if k != EXTRAS_KEY}
+                                      for g in groups]
+        if extra is None and isinstance(carried[0], tuple | list) and carried[0]:
+            extra = carried[0][0]
+    return state_dict, extra
 
 
 def export_groups(groups: list[dict[str, Any]]) -> None:

@@ -11,8 +11,17 @@ from torch import Tensor
 from torch.optim import Optimizer
 
 from ..clip import ClipPolicy, resolve
+from ..clip._dist import is_dtensor, local
 from ._base import GuardedOptimizer
-from ._core import GuardCore, GuardReadouts, StepPlan, export_groups, restore_group_clips
+from ._core import (
+    GuardCore,
+    GuardReadouts,
+    StepPlan,
+    attach_extras,
+    detach_extras,
+    export_groups,
+    restore_group_clips,
+)
 
 
 class Guarded(GuardReadouts, Optimizer):
@@ -80,7 +89,7 @@ class Guarded(GuardReadouts, Optimizer):
             return None
         if any(c is not None for c in plan.clamps):
             return None
-        if len({g.device for g in plan.grads}) != 1:
+        if len({g.device for g in plan.grads}) != 1 or any(is_dtensor(g) for g in plan.grads):
             return None
         scales = {id(s) for s in plan.scales if s is not None}
         if len(scales) > 1 or (scales and None in plan.scales):
@@ -126,14 +135,16 @@ class Guarded(GuardReadouts, Optimizer):
             self._hooks.forget(plan.params)
         else:
             for k, g in enumerate(plan.grads):
+                part = local(g)  # a sharded gradient: its local shard, with its local scales
                 s = plan.scales[k]
                 if s is not None:
-                    g.mul_(s.to(g.dtype))
+                    part.mul_(s.to(part.dtype))
                 c = plan.clamps[k]
                 if c is not None:
-                    g.clamp_(-c, c)
+                    part.clamp_(-c, c)
             # A third-party optimizer cannot skip on a device flag: one host read per step.
-            if plan.skip is None or not bool(plan.skip):
+            # (A step that can change nothing still runs: it creates the optimizer's state.)
+            if plan.nonfinite is None or not bool(plan.nonfinite):
                 self.optimizer.step()
         self._core.finish(plan, self.param_groups)
         return loss
@@ -141,12 +152,11 @@ class Guarded(GuardReadouts, Optimizer):
     def state_dict(self) -> dict[str, Any]:
         sd = self.optimizer.state_dict()
         export_groups(sd["param_groups"])
-        sd["gradguard"] = self._core.state_dict(self.param_groups)
+        attach_extras(sd, self._core.state_dict(self.param_groups))
         return sd
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        state_dict = dict(state_dict)
-        extra = state_dict.pop("gradguard", None)
+        state_dict, extra = detach_extras(state_dict)
         before = [("clip" in g, g.get("clip")) for g in self.param_groups]
         self.optimizer.load_state_dict(state_dict)
         restore_group_clips(self.param_groups, before)

@@ -574,6 +574,7 @@ class LARS(GuardedOptimizer):
     """
 
     _rule = staticmethod(rules.lars)
+    _whole_tensors = "its trust ratio needs the norms of whole parameters and gradients"
 
     def __init__(
         self,
@@ -621,6 +622,7 @@ class LAMB(GuardedOptimizer):
     """
 
     _rule = staticmethod(rules.lamb)
+    _whole_tensors = "its trust ratio needs the norms of whole parameters and updates"
 
     def __init__(
         self,
