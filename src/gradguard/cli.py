@@ -44,7 +44,8 @@ MAIN_JOB: dict[str, Any] = {
     ],
     "seeds": 3,
 }
-TASK_DEFAULTS = {"optimizers": "adam,momentum", "clip": "none,global_norm:1", "seeds": 2}
+TASK_DEFAULTS: dict[str, Any] = {"optimizers": "adam,momentum", "clip": "none,global_norm:1",
+                                 "seeds": 2}
 EXIT_USAGE = 2
 EXIT_INTERRUPTED = 130
 
@@ -146,7 +147,7 @@ def _add_compare(sub: Any) -> None:
     p.add_argument("--fresh", action="store_true",
                    help="train every run again instead of reusing finished runs in --out")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
-    p.set_defaults(func=_compare)
+    p.set_defaults(func=_compare, parser=p)
 
 
 def _grid_args_given(args: argparse.Namespace) -> bool:
@@ -198,8 +199,7 @@ def _configs(ap: argparse.ArgumentParser, args: argparse.Namespace,
         all_clips += [c for c in clips if c not in all_clips]
         configs += expand(task.name if ":" not in str(args.task) else args.task, optimizers,
                           clips, schedules, lrs, seeds, steps, batch, every, task.lrs)
-    seen: set[str] = set()
-    unique = [c for c in configs if not (c.run_id in seen or seen.add(c.run_id))]
+    unique = list({c.run_id: c for c in configs}.values())
     lr_table: dict[str, list[float]] = {}
     for c in unique:
         lr_table.setdefault(c.optimizer, [])
@@ -268,7 +268,7 @@ def _add_report(sub: Any) -> None:
                        description="Rebuild report.html, report.md and summary.json from the "
                                    "runs saved in a `gradguard compare` output folder.")
     p.add_argument("folder", type=Path, help="the --out folder of gradguard compare")
-    p.set_defaults(func=_report)
+    p.set_defaults(func=_report, parser=p)
 
 
 def _report(ap: argparse.ArgumentParser, args: argparse.Namespace) -> int:
@@ -308,7 +308,7 @@ def _add_lr_find(sub: Any) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", type=Path, help="folder for lr_finder.json and lr_finder.png "
                    "(default: gradguard-runs/lr-find-TASK-OPTIMIZER)")
-    p.set_defaults(func=_lr_find)
+    p.set_defaults(func=_lr_find, parser=p)
 
 
 def _lr_find(ap: argparse.ArgumentParser, args: argparse.Namespace) -> int:
@@ -356,7 +356,7 @@ def _add_bench(sub: Any) -> None:
                        epilog="e.g. gradguard bench --sizes 25 --optimizers adamw,rmsprop "
                               "--reps 5 --train")
     bench.add_arguments(p)
-    p.set_defaults(func=lambda ap, args: bench.run(args, ap))
+    p.set_defaults(func=lambda ap, args: bench.run(args, ap), parser=p)
 
 
 def _add_tasks(sub: Any) -> None:
@@ -364,7 +364,7 @@ def _add_tasks(sub: Any) -> None:
                        description="The built-in tasks: real data shipped with Python "
                                    "packages, a model, a metric and a default budget.")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
-    p.set_defaults(func=_tasks)
+    p.set_defaults(func=_tasks, parser=p)
 
 
 def _tasks(ap: argparse.ArgumentParser, args: argparse.Namespace) -> int:
@@ -416,7 +416,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command is None:
         ap.print_help()
         return EXIT_USAGE
-    sub = ap._subparsers._group_actions[0].choices[args.command]  # type: ignore[union-attr]
+    sub = args.parser
     try:
         code: int = args.func(sub, args)
     except KeyboardInterrupt:

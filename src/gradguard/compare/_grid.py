@@ -17,8 +17,8 @@ from ..clip import ClipPolicy
 from ..clip import parse as parse_clip
 from ..schedules import parse as parse_schedule
 
-__all__ = ["DEFAULT_LRS", "OPTIMIZERS", "RunConfig", "expand", "log_grid", "make_optimizer", "parse_lrs",
-           "parse_names"]
+__all__ = ["DEFAULT_LRS", "OPTIMIZERS", "RunConfig", "expand", "log_grid", "make_optimizer",
+           "parse_lrs", "parse_names"]
 
 # name -> (class, keyword arguments, what it is)
 OPTIMIZERS: dict[str, tuple[type[Optimizer], dict[str, Any], str]] = {
@@ -107,7 +107,7 @@ def parse_lrs(text: str) -> tuple[float, ...] | None:
             grid = log_grid(lo, hi, n)
         else:
             grid = tuple(float(t) for t in text.split(",") if t.strip())
-            if not grid or not all(0 < v and math.isfinite(v) for v in grid):
+            if not grid or not all(v > 0 and math.isfinite(v) for v in grid):
                 raise ValueError
     except ValueError:
         raise ValueError(f"Invalid --lr: {text!r}; {usage}") from None

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -62,6 +63,8 @@ def read_record(path: Path) -> dict[str, Any] | None:
 
 
 def _threshold(policy: Any) -> Tensor | float | None:
+    """The norm a global policy clips to (None for per-tensor policies; AutoClip and ZClip
+    have one only after their first step)."""
     if isinstance(policy, GlobalNorm) and policy.norm_type == 2.0:
         return float(policy.c)
     if isinstance(policy, AutoClip | ZClip):
@@ -89,7 +92,8 @@ def train_one(task: Task, cfg: RunConfig) -> dict[str, Any]:
     takes_metrics = sched is not None and _takes_metrics(sched)
     draw = batches(task, torch.Generator().manual_seed(10_000 + cfg.seed))
     policy = getattr(opt, "clip", None)
-    has_thr = _threshold(policy) is not None
+    has_thr = (isinstance(policy, GlobalNorm) and policy.norm_type == 2.0) or isinstance(
+        policy, AutoClip | ZClip)
 
     n = cfg.steps
     norms = torch.full((n,), math.nan)
@@ -108,7 +112,7 @@ def train_one(task: Task, cfg: RunConfig) -> dict[str, Any]:
         window = losses[lo:step]
         finite = window[torch.isfinite(window)]
         curves["step"].append(step)
-        curves["train_loss"].append(_num(finite.mean()) if finite.numel() else None)
+        curves["train_loss"].append(_num(float(finite.mean())) if finite.numel() else None)
         curves["val_loss"].append(_num(val_loss))
         curves["metric"].append(_num(metric))
         curves["lr"].append(_num(opt.param_groups[0]["lr"]))
@@ -153,10 +157,8 @@ def train_one(task: Task, cfg: RunConfig) -> dict[str, Any]:
     if status == "ok" and not all(torch.isfinite(p).all() for p in model.parameters()):
         status = "diverged"
     if status != "ok" and (not curves["step"] or curves["step"][-1] != done):
-        try:
+        with contextlib.suppress(RuntimeError, ValueError):
             evaluate(done)
-        except (RuntimeError, ValueError):
-            pass
     final_metric = curves["metric"][-1] if curves["metric"] else None
     if status != "ok":
         final_metric = None
