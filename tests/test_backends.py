@@ -3,12 +3,15 @@
 - ``compiled`` (torch.compile of the reference update) vs ``eager`` for every optimizer and a
   selection of clip policies, with a non-finite step in the middle: parameters, every state
   tensor, clip-policy state and counters agree.
+- ``foreach`` (the rules run once over lists of tensors with torch's ``_foreach_*`` ops) vs
+  ``eager`` the same way, bitwise on the CPU, plus mixed ranks (LARS), fresh momentum buffers,
+  float64 and bfloat16, tensor learning rates and betas; the TensorList operations one by one.
 - ``native`` / ``auto`` (torch's fused kernels) vs ``eager`` for Adam, AdamW, SGD and Adagrad,
   checking which kernel really ran (counting wrappers around torch's ``_fused_*_`` ops), and
   that ineligible settings do not use the fused kernel.
 - bfloat16 parameters on the compiled path.
 - A learning-rate schedule and a changing clip scale do not recompile.
-- A broken compiler falls back to eager with exactly one warning.
+- A broken compiler falls back to the foreach path with exactly one warning.
 - A healthy compiled or native step makes no host read.
 
 Compiling costs seconds per configuration, so every configuration here is compiled once (the
@@ -17,6 +20,7 @@ combinations are chosen to share compiled graphs between tests) on four small te
 
 from __future__ import annotations
 
+import inspect
 import math
 import warnings
 from collections import Counter
@@ -30,7 +34,9 @@ from torch import nn
 from torch._dynamo.utils import counters as dynamo_counters
 
 import gradguard
-from gradguard.optim import _backends, _base
+from gradguard import rules
+from gradguard.optim import _backends, _base, _foreach
+from gradguard.optim._foreach import TensorList, update_foreach
 from helpers import assert_tree_equal, count_host_reads, snapshot, wrap_counting
 from optim_table import TABLE, OptimizerEntry
 
@@ -117,8 +123,8 @@ def assert_tree_close(a: Any, b: Any, *, rtol: float, atol: float, path: str = "
 @contextmanager
 def count_paths(monkeypatch: pytest.MonkeyPatch) -> Iterator[Counter[str]]:
     """Count which execution path runs: ``"compiled"`` (a call of the compiled update),
-    ``"eager"`` (the reference ``update_tensors``) and each of torch's fused optimizer ops.
-    Every wrapper calls the original."""
+    ``"eager"`` (the reference ``update_tensors``), ``"foreach"`` (``update_foreach``) and
+    each of torch's fused optimizer ops. Every wrapper calls the original."""
     counts: Counter[str] = Counter()
     with monkeypatch.context() as m:
         original_compiled = _backends._compiled_update
@@ -134,6 +140,7 @@ def count_paths(monkeypatch: pytest.MonkeyPatch) -> Iterator[Counter[str]]:
 
         m.setattr(_backends, "_compiled_update", compiled_update)
         wrap_counting(m, counts, _base, "update_tensors", "eager")
+        wrap_counting(m, counts, _base, "update_foreach", "foreach")
         for name in FUSED_OPS:
             wrap_counting(m, counts, torch, name)
         yield counts
@@ -152,9 +159,11 @@ def run_pair(
     atol: float = ATOL,
     lr_lambda: Callable[[int], float] | None = None,
     after_step: Callable[[int, torch.optim.Optimizer], None] | None = None,
+    nan_step: int = NAN_STEP,
 ) -> tuple[torch.optim.Optimizer, torch.optim.Optimizer]:
     """Train the same parameters with ``backend`` and with ``eager`` on identical gradients,
-    asserting after every step that the two agree and that the NaN step changed nothing."""
+    asserting after every step that the two agree and that the NaN step (``nan_step``) changed
+    nothing."""
     cls = getattr(gradguard, name)
     params_a, params_b = make_params(shapes, dtype), make_params(shapes, dtype)
     opt_a = cls(params_a, clip=clip, backend=backend, **config)
@@ -164,7 +173,7 @@ def run_pair(
     if lr_lambda is not None:
         scheds = [torch.optim.lr_scheduler.LambdaLR(o, lr_lambda) for o in (opt_a, opt_b)]
     for step in range(steps):
-        grads = make_grads(step, shapes, dtype)
+        grads = make_grads(step, shapes, dtype, nan_step=nan_step)
         set_grads(params_a, grads)
         set_grads(params_b, grads)
         before = [p.detach().clone() for p in params_a]
@@ -175,12 +184,13 @@ def run_pair(
             s.step()
         rec_a, rec_b = opt_a.last_step, opt_b.last_step
         assert rec_a is not None and rec_b is not None
-        assert bool(rec_a.skipped) == bool(rec_b.skipped) == (step == NAN_STEP), step
+        assert bool(rec_a.skipped) == bool(rec_b.skipped) == (step == nan_step), step
         assert bool(rec_a.clipped) == bool(rec_b.clipped), step
-        if step == NAN_STEP:
+        if step == nan_step:
             for i, (p, b) in enumerate(zip(params_a, before, strict=True)):
                 assert torch.equal(p, b), f"{backend}: param {i} changed by the NaN step"
-            assert_tree_equal(opt_a.state_dict()["state"], sd_before["state"], "state")
+            if sd_before["state"]:  # (a skipped first step creates the initial state)
+                assert_tree_equal(opt_a.state_dict()["state"], sd_before["state"], "state")
         else:
             torch.testing.assert_close(rec_a.grad_norm, rec_b.grad_norm, rtol=rtol, atol=0.0)
             torch.testing.assert_close(rec_a.clip_scale, rec_b.clip_scale, rtol=rtol, atol=atol)
@@ -248,10 +258,287 @@ def test_compiled_matches_eager(
     assert not any(counts[op] for op in FUSED_OPS)
 
 
+def test_compiled_lars_keeps_matrices_apart_from_vectors(
+    monkeypatch: pytest.MonkeyPatch, compiler_ok: None
+) -> None:
+    # The compiled path flattens tensors; LARS's exclude_bias_and_norm branches on dim(), so
+    # matrices must stay matrices there (flattened to 1-D they were treated as biases).
+    config = {"lr": 5.0, "weight_decay": 1e-2, "exclude_bias_and_norm": True}
+    with count_paths(monkeypatch) as counts:
+        run_pair("LARS", config, "global_norm:1", "compiled")
+    assert counts["compiled"] == STEPS
+
+
 def test_compiled_cases_cover_every_optimizer_and_policy() -> None:
     assert {n for n, _ in COMPILED_CASES} == set(ENTRIES)
     kinds = {c.split(":")[0] if c else None for _, c in COMPILED_CASES}
     assert kinds >= {None, "global_norm", "agc", "value", "zclip", "norm"}
+
+
+# --------------------------------------------------------------------------------------
+# 1b. foreach (the rules over lists of tensors, torch._foreach_* ops) vs eager
+# --------------------------------------------------------------------------------------
+
+# Every optimizer with global-norm clipping, and every other policy on a few optimizers: unit-wise
+# scales (AGC), a value clamp, per-tensor scales (norm), ZClip, none.
+FOREACH_CASES = [(e.name, "global_norm:1") for e in TABLE] + [
+    ("SGD", None),
+    ("Lion", None),
+    ("AdamW", "agc:0.01"),
+    ("LAMB", "agc:0.01"),
+    ("LARS", "agc:0.01"),
+    ("Adagrad", "value:0.1"),
+    ("RMSprop", "value:0.1"),
+    ("Adam", "zclip:2.5:warmup=3"),
+    ("LARS", "zclip:2.5:warmup=3"),
+    ("Adam", "norm:0.5"),
+    ("NAdam", "norm:0.5"),
+    ("Adadelta", "auto:10"),
+]
+
+
+def run_foreach_pair(
+    name: str, config: dict[str, Any], clip: str | None, monkeypatch: pytest.MonkeyPatch,
+    **kwargs: Any,
+) -> tuple[torch.optim.Optimizer, torch.optim.Optimizer]:
+    """:func:`run_pair` on the foreach backend, checking that the foreach path (and no other)
+    ran for it, and that on the CPU it agrees with the reference bitwise."""
+    steps = kwargs.get("steps", STEPS)
+    with count_paths(monkeypatch) as counts:
+        opt_a, opt_b = run_pair(name, config, clip, "foreach", **kwargs)
+    assert counts["foreach"] == steps, dict(counts)
+    assert counts["eager"] == steps, dict(counts)
+    assert counts["compiled"] == 0 and not any(counts[op] for op in FUSED_OPS), dict(counts)
+    for pa, pb in zip(opt_a.param_groups[0]["params"], opt_b.param_groups[0]["params"],
+                      strict=True):
+        assert torch.equal(pa, pb), f"{name} {clip}: foreach differs from eager"
+    assert_tree_equal(opt_a.state_dict(), opt_b.state_dict())
+    return opt_a, opt_b
+
+
+@pytest.mark.parametrize(
+    ("name", "clip"), [pytest.param(n, c, id=f"{n}-{c}") for n, c in FOREACH_CASES]
+)
+def test_foreach_matches_eager(name: str, clip: str | None,
+                               monkeypatch: pytest.MonkeyPatch) -> None:
+    run_foreach_pair(name, ENTRIES[name].main, clip, monkeypatch)
+
+
+def test_foreach_cases_cover_every_optimizer_and_policy() -> None:
+    assert {n for n, _ in FOREACH_CASES} == set(ENTRIES)
+    kinds = {c.split(":")[0] if c else None for _, c in FOREACH_CASES}
+    assert kinds >= {None, "global_norm", "agc", "value", "zclip", "norm", "auto"}
+
+
+def _cfg_id(config: dict[str, Any]) -> str:
+    return ",".join(f"{k}={v}" for k, v in config.items())
+
+
+# Settings that take other branches of the rules, or other operand types in the TensorList ops.
+FOREACH_CONFIGS = [
+    # 2-D weights and 1-D biases in one group: per-rank buckets (the rule branches on dim())
+    ("LARS", {"lr": 5.0, "weight_decay": 1e-2, "exclude_bias_and_norm": True}),
+    ("SGD", {"lr": 0.05, "momentum": 0.9, "nesterov": True, "maximize": True}),
+    ("Adam", {"lr": 1e-2, "amsgrad": True, "weight_decay": 0.1,
+              "decoupled_weight_decay": True}),
+    ("NAdam", {"lr": 1e-2, "weight_decay": 1e-2, "decoupled_weight_decay": True}),
+    ("RMSprop", {"lr": 1e-3, "weight_decay": 1e-2}),  # not centered, no momentum
+    ("Adagrad", {"lr": 0.05, "lr_decay": 1e-2, "weight_decay": 1e-2}),
+    ("Lion", {"lr": 1e-3, "weight_decay": 0.1, "maximize": True}),
+]
+
+
+@pytest.mark.parametrize(
+    ("name", "config"),
+    [pytest.param(n, c, id=f"{n}[{_cfg_id(c)}]") for n, c in FOREACH_CONFIGS],
+)
+def test_foreach_other_settings_match_eager(
+    name: str, config: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    run_foreach_pair(name, config, "global_norm:1", monkeypatch)
+
+
+@pytest.mark.parametrize("config", [{"dampening": 0.1}, {"nesterov": True}],
+                         ids=["dampening", "nesterov"])
+def test_foreach_sgd_fresh_buffers_after_skipped_first_step(
+    config: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The first step is skipped: the momentum buffers stay uninitialised (``fresh``) and the
+    next step must take the gradient as the buffer, on both paths."""
+    opt_a, _ = run_foreach_pair("SGD", {"lr": 0.05, "momentum": 0.9, **config},
+                                "global_norm:1", monkeypatch, nan_step=0)
+    assert all(not bool(f) for f in opt_a._fresh.values())
+
+
+@pytest.mark.parametrize("name", ["Adam", "NAdam", "LAMB", "LARS", "Adagrad"])
+def test_foreach_float64_matches_eager(name: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    opt_a, _ = run_foreach_pair(name, ENTRIES[name].main, "global_norm:1", monkeypatch,
+                                dtype=torch.float64)
+    assert all(p.dtype == torch.float64 for p in opt_a.param_groups[0]["params"])
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
+@pytest.mark.parametrize("name", ["SGD", "Adam", "NAdam", "RMSprop", "LAMB", "Lion"])
+def test_foreach_tensor_lr_matches_eager(
+    name: str, dtype: torch.dtype, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A tensor learning rate (and tensor betas where the optimizer takes betas): the
+    reflected operators with a tensor on the left (``lr * x``) go through the TensorList's
+    ``__torch_function__``, and must keep the operand order (in bfloat16 ``lr * x`` and
+    ``x * lr`` round differently)."""
+    config = dict(ENTRIES[name].main)
+    config["lr"] = torch.tensor(config["lr"])
+    if "betas" in inspect.signature(ENTRIES[name].make).parameters:
+        config["betas"] = (torch.tensor(0.9), torch.tensor(0.99))
+    tol = {"rtol": 2e-2, "atol": 1e-2} if dtype == torch.bfloat16 else {}
+    run_foreach_pair(name, config, "global_norm:1", monkeypatch, dtype=dtype, steps=10, **tol)
+
+
+def test_foreach_calls_the_rule_once_per_bucket() -> None:
+    """Multi-tensor: one call of the rule per (device, dtype, rank, state layout) bucket, with
+    TensorLists, not one per tensor."""
+    calls: list[tuple[int, int]] = []
+
+    def counting_rule(param: Any, grad: Any, state: Any, **kw: Any) -> Any:
+        assert isinstance(param, TensorList) and isinstance(grad, TensorList)
+        calls.append((len(param), param.dim()))
+        return rules.adam(param, grad, state, **kw)
+
+    shapes = ((4, 3), (3,), (5, 2), (2,), (2, 2, 2), (6,))
+    params = [torch.randn(s) for s in shapes] + [torch.randn(3, dtype=torch.float64)]
+    states = [{"step": torch.zeros(()), "exp_avg": torch.zeros_like(p),
+               "exp_avg_sq": torch.zeros_like(p)} for p in params]
+    grads = [torch.randn_like(p) for p in params]
+    hparams = {"betas": (0.9, 0.999), "eps": 1e-8, "weight_decay": 0.0, "amsgrad": False,
+               "maximize": False, "decoupled_weight_decay": False}
+    before = [p.clone() for p in params]
+    n = len(params)
+    update_foreach(counting_rule, params, grads, states, [None] * n, None, [None] * n, None,
+                   1e-2, hparams)
+    assert sorted(calls) == [(1, 1), (1, 3), (2, 2), (3, 1)]
+    assert all(not torch.equal(p, b) for p, b in zip(params, before, strict=True))
+    # a skipped step changes nothing, bitwise, even where the new values would be NaN
+    after = [p.clone() for p in params]
+    grads[0][0, 0] = float("nan")
+    update_foreach(rules.adam, params, grads, states, [None] * n, None, [None] * n,
+                   torch.tensor(True), 1e-2, hparams)
+    assert all(torch.equal(p, a) for p, a in zip(params, after, strict=True))
+    assert all(float(st["step"]) == 1.0 for st in states)
+
+
+def test_foreach_chunks_large_buckets(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A bucket over more than ``MAX_NUMEL`` elements is split into calls of at most that many
+    (a larger tensor alone), bounding the memory the intermediate results take; the results do
+    not change."""
+    monkeypatch.setattr(_foreach, "MAX_NUMEL", 40)
+    sizes: list[int] = []
+    original = rules.rmsprop
+
+    def counting_rule(param: Any, grad: Any, state: Any, **kw: Any) -> Any:
+        if isinstance(param, TensorList):  # (the eager reference calls it per tensor)
+            sizes.append(sum(t.numel() for t in param))
+        return original(param, grad, state, **kw)
+
+    monkeypatch.setattr(gradguard.RMSprop, "_rule", staticmethod(counting_rule))
+    shapes = ((12, 6), (12,), (3, 12), (3,), (2, 3), (30,), (5,))
+    opt_a, _ = run_foreach_pair("RMSprop", ENTRIES["RMSprop"].main, "global_norm:1",
+                                monkeypatch, shapes=shapes, steps=6)
+    # per step, greedily in order: 2-D 72 | 36 | 6 (36 + 6 > 40); 1-D 12 + 3 | 30 + 5
+    assert sorted(sizes[:5]) == [6, 15, 35, 36, 72]
+    assert len(sizes) == 5 * 6
+    assert opt_a.state_dict()["state"]
+
+
+def _tl(*shapes: tuple[int, ...], seed: int = 0, dtype: torch.dtype = torch.float32) -> TensorList:
+    gen = torch.Generator().manual_seed(seed)
+    return TensorList([torch.rand(s, generator=gen, dtype=torch.float64).to(dtype) + 0.5
+                       for s in shapes])
+
+
+# (name, function of two operands); applied to TensorLists and to their items one by one
+TL_BINARY: list[tuple[str, Callable[[Any, Any], Any]]] = [
+    ("add", lambda a, b: a + b), ("sub", lambda a, b: a - b), ("mul", lambda a, b: a * b),
+    ("div", lambda a, b: a / b), ("pow", lambda a, b: a**b),
+    ("gt", lambda a, b: a > b), ("le", lambda a, b: a <= b),
+    ("maximum", torch.maximum), ("minimum", torch.minimum),
+    ("lerp", lambda a, b: torch.lerp(a, a * 3, b)),
+]
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
+@pytest.mark.parametrize("operands", ["list-list", "list-0d", "0d-list", "list-number",
+                                      "number-list", "tensor-list", "list-tensor"])
+@pytest.mark.parametrize(("name", "op"), TL_BINARY, ids=[n for n, _ in TL_BINARY])
+def test_tensorlist_binary_ops_match_per_tensor(
+    name: str, op: Callable[[Any, Any], Any], operands: str, dtype: torch.dtype
+) -> None:
+    """Every binary operation, every operand form: bitwise what the op gives tensor by tensor
+    (0-d items broadcast against full ones; a tensor or number operand is shared)."""
+    full = _tl((3, 4), (5,), (), dtype=dtype)
+    zero_d = _tl((), (), (), seed=1, dtype=dtype)
+    scalar_t = torch.tensor(0.75)  # float32: a tensor lr or beta
+    forms: dict[str, tuple[Any, Any]] = {
+        "list-list": (full, _tl((3, 4), (5,), (), seed=2, dtype=dtype)),
+        "list-0d": (full, zero_d), "0d-list": (zero_d, full),
+        "list-number": (full, 0.3), "number-list": (0.3, full),
+        "tensor-list": (scalar_t, full), "list-tensor": (full, scalar_t),
+    }
+    a, b = forms[operands]
+    if name in ("maximum", "minimum") and "number" in operands:
+        pytest.skip("torch.maximum takes tensors only")
+    if name == "lerp" and (operands.startswith(("number", "tensor")) or
+                           (operands == "list-tensor" and dtype != torch.float32)):
+        pytest.skip("lerp's start is a tensor; a tensor weight must have the input's dtype")
+
+    def item(x: Any, i: int) -> Any:
+        return x.items[i] if isinstance(x, TensorList) else x
+
+    result = op(a, b)
+    assert isinstance(result, TensorList), type(result)
+    assert len(result) == 3
+    for i, got in enumerate(result):
+        want = op(item(a, i), item(b, i))
+        assert got.dtype == want.dtype and got.shape == want.shape, (i, got, want)
+        assert torch.equal(got, want), (i, got, want)
+
+
+@pytest.mark.parametrize(
+    ("name", "op"),
+    [("neg", lambda x: -x), ("sqrt", lambda x: x.sqrt()), ("abs", lambda x: (x - 1).abs()),
+     ("sign", lambda x: torch.sign(x - 1)), ("to", lambda x: x.to(torch.float64)),
+     ("vector_norm", torch.linalg.vector_norm), ("ones_like", torch.ones_like),
+     ("where", lambda x: torch.where(x > 1, x, torch.ones_like(x))),
+     ("rsub", lambda x: 1 - x), ("rdiv", lambda x: 2 / x), ("rpow", lambda x: 0.9**x),
+     ("and", lambda x: (x > 0.7) & (x < 1.2)), ("invert", lambda x: ~(x > 1)),
+     ("_coef", lambda x: rules._coef(x.to(torch.float64) * 3, x)),
+     ("_f64", rules._f64)],
+)
+def test_tensorlist_unary_ops_match_per_tensor(name: str, op: Callable[[Any], Any]) -> None:
+    x = _tl((3, 4), (5,), ())
+    result = op(x)
+    assert isinstance(result, TensorList)
+    for t, got in zip(x, result, strict=True):
+        want = op(t)
+        assert got.dtype == want.dtype and torch.equal(got, want), (name, got, want)
+
+
+def test_tensorlist_unmapped_operations_fail_loudly() -> None:
+    x = _tl((3,), (2, 2))
+    with pytest.raises(TypeError, match=r"torch\.atan2 is not mapped for TensorList"):
+        torch.atan2(x, x)
+    with pytest.raises(TypeError, match=r"torch\.Tensor\.atan2"):
+        torch.tensor(1.0).atan2(x)
+    with pytest.raises(AttributeError, match=r"'exp'.*_foreach\.py"):
+        x.exp()
+    with pytest.raises(TypeError, match="truth value"):
+        bool(x > 1)
+    with pytest.raises(TypeError, match=r"dim\(\): the tensors differ"):
+        x.dim()
+    mixed = TensorList([torch.ones(2), torch.ones(2, dtype=torch.float64)])
+    with pytest.raises(TypeError, match="dtype: the tensors differ"):
+        _ = mixed.dtype
+    with pytest.raises(ValueError, match="different lengths"):
+        _ = x + _tl((3,))
 
 
 # --------------------------------------------------------------------------------------
@@ -268,10 +555,6 @@ NATIVE_CASES = [
     ("SGD", {"lr": 0.05}, "_fused_sgd_"),
     ("Adagrad", {"lr": 0.05, "lr_decay": 1e-2}, "_fused_adagrad_"),
 ]
-
-
-def _cfg_id(config: dict[str, Any]) -> str:
-    return ",".join(f"{k}={v}" for k, v in config.items())
 
 
 @pytest.mark.parametrize("backend", ["native", "auto"])
@@ -330,7 +613,7 @@ def test_ineligible_native_falls_back_to_compiled(
 
 
 @pytest.mark.parametrize("with_scaler", [False, True], ids=["plain", "grad_scaler"])
-@pytest.mark.parametrize("backend", ["eager", "compiled", "native"])
+@pytest.mark.parametrize("backend", ["eager", "foreach", "compiled", "native"])
 def test_step_leaves_gradients_unchanged(
     backend: str, with_scaler: bool, compiler_ok: None
 ) -> None:
@@ -369,8 +652,9 @@ def test_step_leaves_gradients_unchanged(
 
 def test_native_with_mixed_dtypes_is_not_fused(monkeypatch: pytest.MonkeyPatch) -> None:
     """Mixed parameter dtypes in one group: no single fused call can take them, so the
-    native backend must not call the kernel (the eager fallback runs when compiling fails,
-    here forced to keep this test free of compile time) and still match eager."""
+    native backend must not call the kernel (the foreach fallback runs when compiling fails,
+    here forced to keep this test free of compile time, with one bucket per dtype) and still
+    match eager."""
     monkeypatch.setattr(_backends, "_compile_failed", "disabled by this test")
     pa = [nn.Parameter(torch.ones(4)), nn.Parameter(torch.ones(3, dtype=torch.float64))]
     pb = [nn.Parameter(torch.ones(4)), nn.Parameter(torch.ones(3, dtype=torch.float64))]
@@ -384,7 +668,8 @@ def test_native_with_mixed_dtypes_is_not_fused(monkeypatch: pytest.MonkeyPatch) 
             opt_a.step()
             opt_b.step()
     assert not any(counts[o] for o in FUSED_OPS)
-    assert counts["eager"] == 6
+    assert counts["eager"] == 3
+    assert counts["foreach"] == 3
     for a, b in zip(pa, pb, strict=True):
         assert torch.equal(a, b)
         assert not torch.equal(a, torch.ones_like(a))
@@ -476,7 +761,7 @@ def test_lr_schedule_and_clip_scale_do_not_recompile(
 
 
 # --------------------------------------------------------------------------------------
-# 5. a broken compiler: one warning, then the eager path
+# 5. a broken compiler: one warning, then the foreach path
 # --------------------------------------------------------------------------------------
 
 
@@ -501,6 +786,9 @@ def test_compile_failure_warns_once_and_matches_eager(
     with monkeypatch.context() as m:
         m.setattr(_backends, "_compiled_update", _broken_compiled_update)
         m.setattr(_backends, "_compile_failed", None)
+        counts: Counter[str] = Counter()
+        wrap_counting(m, counts, _base, "update_tensors", "eager")
+        wrap_counting(m, counts, _base, "update_foreach", "foreach")
         assert _backends.compile_available()
         params_a, params_b = make_params(), make_params()
         opt_a = entry.make(params_a, clip="global_norm:1", backend=backend, **entry.main)
@@ -510,7 +798,10 @@ def test_compile_failure_warns_once_and_matches_eager(
         with pytest.warns(RuntimeWarning, match="torch.compile is not available") as first:
             opt_a.step()
         assert len(_fallback_warnings(list(first))) == 1
-        assert "simulated missing C++ compiler" in str(_fallback_warnings(list(first))[0].message)
+        message = str(_fallback_warnings(list(first))[0].message)
+        assert "simulated missing C++ compiler" in message
+        assert "multi-tensor eager path (foreach)" in message
+        assert counts == Counter({"foreach": 1})
         opt_b.step()
         assert not _backends.compile_available()
         # later steps, and a new optimizer on the compiled backend, do not warn again
@@ -527,7 +818,9 @@ def test_compile_failure_warns_once_and_matches_eager(
                 opt_b.step()
                 opt_c.step()
         assert _fallback_warnings(caught) == []
-        # the eager fallback is the reference itself: bitwise equal
+        # opt_a and opt_c ran the foreach path, the reference opt_b the eager one
+        assert counts == Counter({"foreach": 1 + 1 + 2 * 7, "eager": 8})
+        # on the CPU the foreach fallback agrees with the reference bitwise
         assert int(opt_a.skipped_steps) == int(opt_b.skipped_steps) == 1
         for pa, pb, pc in zip(params_a, params_b, params_c, strict=True):
             assert torch.equal(pa, pb)
@@ -553,7 +846,8 @@ def test_host_read_counter_counts(monkeypatch: pytest.MonkeyPatch) -> None:
 
 @pytest.mark.parametrize(
     ("name", "backend", "path"),
-    [("Adam", "native", "_fused_adam_"), ("RMSprop", "compiled", "compiled")],
+    [("Adam", "native", "_fused_adam_"), ("RMSprop", "compiled", "compiled"),
+     ("RMSprop", "foreach", "foreach"), ("SGD", "foreach", "foreach")],
 )
 def test_healthy_fast_step_makes_no_host_read(
     name: str, backend: str, path: str, monkeypatch: pytest.MonkeyPatch
@@ -583,6 +877,8 @@ def test_backend_default_comes_from_environment(monkeypatch: pytest.MonkeyPatch)
     p = [nn.Parameter(torch.ones(2))]
     monkeypatch.setenv("GRADGUARD_BACKEND", "compiled")
     assert gradguard.Lion(p).backend == "compiled"
+    monkeypatch.setenv("GRADGUARD_BACKEND", "foreach")
+    assert gradguard.Lion(p).backend == "foreach"
     assert gradguard.Lion(p, backend="native").backend == "native"
     monkeypatch.delenv("GRADGUARD_BACKEND")
     assert gradguard.Adam(p).backend == "auto"

@@ -17,6 +17,7 @@ whole training step (forward, backward, clip, step) on a small transformer.
 
     gradguard bench                 # the full table (a few minutes on 2 cores)
     gradguard bench --sizes 25 --optimizers adamw,rmsprop --reps 5
+    gradguard bench --sizes 5 --optimizers adam,rmsprop --backend foreach   # one backend
     python benchmarks/step.py ...   # the same
 """
 
@@ -34,6 +35,7 @@ import torch
 from torch import nn
 
 from . import optim
+from .optim._backends import BACKENDS
 
 # name: (gradguard class, kwargs, torch factory or None, bytes per parameter of the clipped step)
 # bytes: fp32 reads + writes the update must do, plus 4 for reading the gradient for the norm.
@@ -243,8 +245,9 @@ def add_arguments(ap: argparse.ArgumentParser) -> None:
     ap.add_argument("--optimizers", default=",".join(OPTIMIZERS),
                     help="comma-separated, from: " + ",".join(OPTIMIZERS))
     ap.add_argument("--reps", type=int, default=10, help="repetitions per variant (10)")
-    ap.add_argument("--backend", default="auto", choices=["auto", "native", "compiled", "eager"],
-                    help="gradguard's backend (auto)")
+    ap.add_argument("--backend", default="auto", choices=list(BACKENDS),
+                    help="gradguard's backend (auto); foreach: the multi-tensor eager path, "
+                         "eager: the per-tensor reference")
     ap.add_argument("--train", action="store_true", help="also time a whole training step")
     ap.add_argument("--train-only", action="store_true", help="only the training step")
 

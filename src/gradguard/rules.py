@@ -63,8 +63,9 @@ def _coef(x: Scalar, like: Tensor) -> Scalar:
     """A scalar coefficient (possibly computed in float64), cast to the precision the
     elementwise math runs in (float64 for float64 tensors, else float32), as torch.optim's
     kernels do with Python scalars. Keeping float64 out of the elementwise loops lets compiled
-    kernels vectorize. Python numbers pass through unchanged."""
-    if not isinstance(x, Tensor):
+    kernels vectorize. Python numbers pass through unchanged; anything else is cast with its
+    ``.to`` (a tensor, or the multi-tensor path's list of per-tensor coefficients)."""
+    if isinstance(x, int | float):
         return x
     x = x.to(torch.float64 if like.dtype == torch.float64 else torch.float32)
     return _materialize(x) if torch.compiler.is_compiling() else x

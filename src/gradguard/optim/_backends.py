@@ -2,6 +2,10 @@
 
 - ``eager``: :func:`update_tensors`, the readable reference — the rule applied tensor by tensor,
   each result committed (or, on a skipped step, not) with ``torch.where``.
+- ``foreach``: :func:`gradguard.optim._foreach.update_foreach`, the same rule called once per
+  bucket of tensors with :class:`~gradguard.optim._foreach.TensorList` arguments, so every
+  operation is one multi-tensor ``torch._foreach_*`` call (or a loop where torch has none). The
+  fallback, with one warning, where ``torch.compile`` does not work; needs no compiler.
 - ``compiled``: the same function through ``torch.compile`` (C++/OpenMP on CPU, Triton on GPU):
   clip scale, update and commit fuse into one pass per tensor, so each gradient is read once
   and never written. Tensors are flattened to 1-D and processed in chunks of :data:`CHUNK`
@@ -10,6 +14,8 @@
 - ``native``: torch's own fused kernels (Adam, AdamW, SGD, Adagrad) where they are exact for the
   step: the clip scale (times GradScaler's) goes in as their ``grad_scale`` and the non-finite
   skip as their ``found_inf``, as GradScaler itself does. Chosen by the optimizer class.
+
+``auto`` tries native, then compiled, then foreach.
 """
 
 from __future__ import annotations
@@ -24,7 +30,7 @@ from torch import Tensor
 
 from ._core import commit
 
-BACKENDS = ("auto", "native", "compiled", "eager")
+BACKENDS = ("auto", "native", "compiled", "foreach", "eager")
 CHUNK = 8  # tensors per compiled call: bounds compile time, reused for every chunk
 RECOMPILE_LIMIT = 256
 
@@ -80,12 +86,17 @@ def _compiled_update() -> Any:
 
 
 def compile_available() -> bool:
-    """False once compiling has failed in this process (then the eager path is used)."""
+    """False once compiling has failed in this process (then the multi-tensor eager path,
+    ``foreach``, is used)."""
     return _compile_failed is None
 
 
-def _flat(t: Tensor) -> Tensor:
-    return t.view(-1) if t.dim() != 1 and t.is_contiguous() else t
+def _flat(t: Tensor, keep_rank: bool = False) -> Tensor:
+    """``t`` as one row: 1-D, or ``(1, n)`` for matrices and up when the rule branches on
+    ``dim()`` (LARS's ``exclude_bias_and_norm``), so the branch sees the true kind of tensor."""
+    if t.dim() == 1 or not t.is_contiguous():
+        return t
+    return t.view(1, -1) if keep_rank and t.dim() >= 2 else t.view(-1)
 
 
 def run_compiled(
@@ -101,7 +112,7 @@ def run_compiled(
     hparams: dict[str, Any],
 ) -> bool:
     """The compiled path. Returns False (having changed nothing) if compiling failed; the
-    caller then runs the eager path."""
+    caller then runs the multi-tensor eager path (``foreach``)."""
     global _compile_failed
     if _compile_failed is not None:
         return False
@@ -113,9 +124,11 @@ def run_compiled(
     # Per-tensor scalar scales allow flattening; unit-wise scales (AGC) keep the shapes.
     flatten = all(s is None or s.dim() == 0 for s in scales)
     if flatten:
-        params = [_flat(p) for p in params]
-        grads = [_flat(g) for g in grads]
-        states = [{k: _flat(v) if v.dim() > 0 else v for k, v in st.items()} for st in states]
+        keep = bool(hparams.get("exclude_bias_and_norm"))
+        params = [_flat(p, keep) for p in params]
+        grads = [_flat(g, keep) for g in grads]
+        states = [{k: _flat(v, keep) if v.dim() > 0 else v for k, v in st.items()}
+                  for st in states]
     fn = _compiled_update()
     # One compiled graph per (rule, settings, dtype, chunk length): more than dynamo's default
     # of 8 for one function. Raised only around our own calls.
@@ -133,8 +146,9 @@ def run_compiled(
             _compile_failed = f"{type(e).__name__}: {e}"
             warnings.warn(
                 "gradguard: torch.compile is not available here "
-                f"({_compile_failed.splitlines()[0][:200]}); using the eager path, which is "
-                "correct but slower. Set GRADGUARD_BACKEND=eager to silence this.",
+                f"({_compile_failed.splitlines()[0][:200]}); using the multi-tensor eager "
+                "path (foreach), which is correct but slower. Set GRADGUARD_BACKEND=foreach to "
+                "silence this.",
                 RuntimeWarning, stacklevel=3)
             return False
     return True

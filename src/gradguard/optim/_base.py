@@ -21,6 +21,7 @@ from ._core import (
     export_groups,
     restore_group_clips,
 )
+from ._foreach import update_foreach
 
 Rule = Callable[..., tuple[Tensor, dict[str, Tensor]]]
 
@@ -188,20 +189,25 @@ class GuardedOptimizer(GuardReadouts, Optimizer):
                       states: list[dict[str, Tensor]], scales: list[Tensor | None],
                       clamp: float | None, fresh: list[Tensor | None],
                       skip: Tensor | None) -> bool:
-        """Run the update rule over one param group on the chosen backend. True when a fused
-        kernel wrote into the gradients."""
+        """Run the update rule over one param group on the chosen backend: ``eager`` the
+        per-tensor reference, ``foreach`` the multi-tensor eager path; ``auto`` and ``native``
+        a native fused kernel where one is exact, else (like ``compiled``) the compiled update,
+        else (no compiler) ``foreach``. True when a fused kernel wrote into the gradients."""
         hparams = {k: v for k, v in group.items() if k not in _NOT_HPARAMS}
         lr = group["lr"]
+        rule = type(self)._rule
+        if self.backend == "eager":
+            update_tensors(rule, params, grads, states, scales, clamp, fresh, skip, lr, hparams)
+            return False
         if self.backend in ("auto", "native"):
             ok, shared = self._native_scale(group, params, grads, scales, clamp)
             if ok:
                 self._native_update(group, params, grads, states, shared, skip)
                 return shared is not None
-        if self.backend != "eager" and run_compiled(type(self)._rule, params, grads, states,
-                                                    scales, clamp, fresh, skip, lr, hparams):
+        if self.backend != "foreach" and run_compiled(rule, params, grads, states, scales, clamp,
+                                                      fresh, skip, lr, hparams):
             return False
-        update_tensors(type(self)._rule, params, grads, states, scales, clamp, fresh, skip, lr,
-                       hparams)
+        update_foreach(rule, params, grads, states, scales, clamp, fresh, skip, lr, hparams)
         return False
 
     # -- torch's native fused kernels -------------------------------------------------------

@@ -15,9 +15,11 @@ between ``torch.optim.X`` and ``gradguard.X`` both ways. Every optimizer also ta
 ``backend``
     ``"auto"`` (default, or the ``GRADGUARD_BACKEND`` environment variable): torch's native
     fused kernel where one is exact for the step (Adam, AdamW, SGD, Adagrad with one shared clip
-    scale), else the ``torch.compile``'d update, else (no compiler) the eager reference with a
-    warning. ``"native"``, ``"compiled"`` or ``"eager"`` force a path (``"native"`` falls back
-    to compiled where no native kernel fits).
+    scale), else the ``torch.compile``'d update, else (no compiler) the multi-tensor eager path
+    with a warning. ``"native"``, ``"compiled"``, ``"foreach"`` (the rule run once over lists of
+    tensors with torch's ``_foreach_*`` ops, no compiler needed) or ``"eager"`` (the readable
+    per-tensor reference) force a path (``"native"`` falls back to compiled where no native
+    kernel fits, ``"native"`` and ``"compiled"`` to foreach where nothing compiles).
 ``measure_in_backward``
     measure gradient norms during backward with per-parameter hooks (default), so the clip
     needs no extra pass over the gradients at the step. Records are checked against the

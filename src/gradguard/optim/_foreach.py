@@ -1,0 +1,493 @@
+"""The eager multi-tensor path: each update rule of :mod:`gradguard.rules` runs once over a list
+of tensors, with no second copy of its math.
+
+A rule is written per tensor. Called with :class:`TensorList` arguments instead, every
+operation it performs (``a * b``, ``torch.lerp``, ``torch.linalg.vector_norm``, ...) is applied
+to all the tensors at once: as torch's multi-tensor ``torch._foreach_*`` op where one exists
+(one call for the whole list; on CUDA a handful of kernel launches instead of one per tensor),
+else as a loop over the tensors. Per-tensor scalars (step counts, bias corrections, trust
+ratios) become TensorLists of 0-d tensors, which broadcast against the full tensors item by
+item. On the CPU the ``_foreach_*`` ops call the same kernels as the per-tensor ops, so this
+path agrees bitwise with the reference :func:`gradguard.optim._backends.update_tensors`.
+
+:func:`update_foreach` is the runner: it groups a param group's tensors into buckets that one
+call of the rule can take (same device, dtype, rank and state layout), scales and clamps the
+gradients, calls the rule once per bucket and commits the results (or, on a skipped step,
+keeps every old value) with ``torch._foreach_copy_``.
+
+A rule that uses an operation not mapped here fails loudly: a torch function raises
+``TypeError`` naming it, a tensor method ``AttributeError``; map it below.
+
+>>> import torch
+>>> from gradguard import rules
+>>> params = TensorList([torch.tensor([1.0, -2.0]), torch.tensor(3.0)])
+>>> grads = TensorList([torch.tensor([0.5, 0.5]), torch.tensor(1.0)])
+>>> new_p, _ = rules.sgd(params, grads, {}, lr=0.1, momentum=0.0, dampening=0.0,
+...                      weight_decay=0.0, nesterov=False, maximize=False)
+>>> new_p
+TensorList([tensor([ 0.9500, -2.0500]), tensor(2.9000)])
+"""
+
+from __future__ import annotations
+
+import operator
+from collections.abc import Callable, Iterable, Iterator
+from typing import Any
+
+import torch
+from torch import Tensor
+from torch.overrides import resolve_name
+
+Rule = Callable[..., tuple[Any, dict[str, Any]]]
+
+# Elements per call of the rule. The rules are pure, so a call holds each intermediate result
+# for all of its tensors at once (about ten for Adam): calls over at most this many elements
+# bound that extra memory (one tensor larger than this gets a call of its own).
+MAX_NUMEL = 1 << 24
+
+# _foreach_* binary ops with an overload taking one (0-d) tensor as the other operand
+_TENSOR_OVERLOAD = frozenset({"add", "mul", "div"})
+
+
+def _is_number(x: object) -> bool:
+    return isinstance(x, int | float) and not isinstance(x, Tensor)
+
+
+class TensorList:
+    """A list of tensors that behaves, for the operations the update rules use, like one tensor.
+
+    ``a op b`` with ``a`` or ``b`` a TensorList applies ``op`` index by index; the other operand
+    may be a TensorList of the same length (0-d items broadcast against full ones), a tensor
+    (typically 0-d: a tensor learning rate or beta) or a Python number. ``dtype``, ``device``
+    and ``dim()`` are those common to all items (an error where they differ: the runner groups
+    tensors so that they do not).
+
+    Multi-tensor (``torch._foreach_*``): ``+ - * /`` (``other / x`` by a Python number loops),
+    ``**`` (also ``number ** x``), unary minus, ``sqrt``, ``abs``, ``sign``, ``reciprocal``,
+    ``torch.lerp``, ``torch.maximum``/``minimum``, ``torch.linalg.vector_norm``. Looped per
+    tensor: comparisons, ``& | ~``, ``torch.where``, ``ones_like``/``zeros_like``, ``.to``.
+    """
+
+    __slots__ = ("items",)
+
+    def __init__(self, items: Iterable[Tensor]) -> None:
+        self.items: list[Tensor] = list(items)
+        if not self.items:
+            raise ValueError("Invalid items: a TensorList needs at least one tensor")
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __iter__(self) -> Iterator[Tensor]:
+        return iter(self.items)
+
+    def __repr__(self) -> str:
+        return f"TensorList({self.items!r})"
+
+    def __bool__(self) -> bool:
+        raise TypeError("the truth value of a TensorList is ambiguous (and reading it would "
+                        "wait for the device); an update rule must not branch on tensor values")
+
+    __hash__ = object.__hash__
+
+    def __getattr__(self, name: str) -> Any:
+        # Only reached for attributes the class does not define.
+        if name.startswith("__"):
+            raise AttributeError(name)
+        raise AttributeError(
+            f"TensorList has no attribute {name!r}: an update rule uses a tensor method the "
+            "multi-tensor path does not map yet; add it to gradguard/optim/_foreach.py")
+
+    # -- what the rules read ---------------------------------------------------------------
+    def _common(self, what: str, values: list[Any]) -> Any:
+        first = values[0]
+        if any(v != first for v in values[1:]):
+            differ = sorted(set(map(str, values)))
+            raise TypeError(f"TensorList.{what}: the tensors differ ({differ}); the runner "
+                            "must group them by it")
+        return first
+
+    @property
+    def dtype(self) -> torch.dtype:
+        """The dtype of every item."""
+        dtype: torch.dtype = self._common("dtype", [t.dtype for t in self.items])
+        return dtype
+
+    @property
+    def device(self) -> torch.device:
+        """The device of every item."""
+        device: torch.device = self._common("device", [t.device for t in self.items])
+        return device
+
+    def dim(self) -> int:
+        """The number of dimensions of every item."""
+        dim: int = self._common("dim()", [t.dim() for t in self.items])
+        return dim
+
+    def to(self, *args: Any, **kwargs: Any) -> TensorList:
+        """``Tensor.to`` on every item (a loop: torch has no multi-tensor cast)."""
+        return TensorList([t.to(*args, **kwargs) for t in self.items])
+
+    # -- unary -----------------------------------------------------------------------------
+    def sqrt(self) -> TensorList:
+        return TensorList(torch._foreach_sqrt(self.items))
+
+    def abs(self) -> TensorList:
+        return TensorList(torch._foreach_abs(self.items))
+
+    def sign(self) -> TensorList:
+        return TensorList(torch._foreach_sign(self.items))
+
+    def reciprocal(self) -> TensorList:
+        return TensorList(torch._foreach_reciprocal(self.items))
+
+    def __neg__(self) -> TensorList:
+        return TensorList(torch._foreach_neg(self.items))
+
+    def __invert__(self) -> TensorList:
+        return TensorList([~t for t in self.items])
+
+    # -- binary ----------------------------------------------------------------------------
+    def _operands(self, other: Any) -> list[Any]:
+        """``other`` per item: a TensorList's items (same length), else ``other`` itself."""
+        if isinstance(other, TensorList):
+            if len(other) != len(self):
+                raise ValueError(f"TensorLists of different lengths: {len(self)} and "
+                                 f"{len(other)}")
+            return other.items
+        return [other] * len(self)
+
+    def _foreach(self, name: str, other: Any) -> TensorList:
+        """``self <name> other`` through ``torch._foreach_<name>``."""
+        fn = getattr(torch, f"_foreach_{name}")
+        if _is_number(other):
+            return TensorList(fn(self.items, other))
+        if isinstance(other, Tensor):
+            # The one-tensor overload skips type promotion (a 0-d bfloat16 item times a 0-d
+            # float32 tensor stays bfloat16): only where there is nothing to promote.
+            if (other.dim() == 0 and name in _TENSOR_OVERLOAD
+                    and all(t.dtype == other.dtype and t.device == other.device
+                            for t in self.items)):
+                return TensorList(fn(self.items, other))
+            return TensorList(fn(self.items, [other] * len(self)))
+        if isinstance(other, TensorList):
+            return TensorList(fn(self.items, self._operands(other)))
+        return NotImplemented
+
+    def _reflected(self, name: str, other: Any) -> TensorList:
+        """``other <name> self`` for a commutative op. A number commutes, as in torch's own
+        ``number * tensor``; a tensor stays on the left: for a low-precision ``self`` a 0-d
+        float32 tensor on the right is applied in float32, on the left it is rounded first."""
+        if isinstance(other, Tensor):
+            fn = getattr(torch, f"_foreach_{name}")
+            return TensorList(fn([other] * len(self), self.items))
+        return self._foreach(name, other)
+
+    def _loop(self, op: Callable[[Any, Any], Tensor], other: Any,
+              reflected: bool = False) -> TensorList:
+        """``op`` tensor by tensor (``op(other, self)`` when ``reflected``)."""
+        if not (_is_number(other) or isinstance(other, Tensor | TensorList)):
+            return NotImplemented
+        pairs = zip(self.items, self._operands(other), strict=True)
+        return TensorList([op(b, a) if reflected else op(a, b) for a, b in pairs])
+
+    def __add__(self, other: Any) -> TensorList:
+        return self._foreach("add", other)
+
+    def __radd__(self, other: Any) -> TensorList:
+        return self._reflected("add", other)
+
+    def __sub__(self, other: Any) -> TensorList:
+        return self._foreach("sub", other)
+
+    def __rsub__(self, other: Any) -> TensorList:
+        if _is_number(other):
+            # number - x == (-x) + number exactly (IEEE subtraction adds the negation)
+            return TensorList(torch._foreach_add(torch._foreach_neg(self.items), other))
+        if isinstance(other, Tensor | TensorList):
+            return TensorList(torch._foreach_sub(self._operands(other), self.items))
+        return NotImplemented
+
+    def __mul__(self, other: Any) -> TensorList:
+        return self._foreach("mul", other)
+
+    def __rmul__(self, other: Any) -> TensorList:
+        return self._reflected("mul", other)
+
+    def __truediv__(self, other: Any) -> TensorList:
+        return self._foreach("div", other)
+
+    def __rtruediv__(self, other: Any) -> TensorList:
+        if _is_number(other):  # no multi-tensor op divides a number by tensors exactly
+            return self._loop(operator.truediv, other, reflected=True)
+        if isinstance(other, Tensor | TensorList):
+            return TensorList(torch._foreach_div(self._operands(other), self.items))
+        return NotImplemented
+
+    def __pow__(self, other: Any) -> TensorList:
+        if isinstance(other, Tensor):
+            return TensorList(torch._foreach_pow(self.items, [other] * len(self)))
+        return self._foreach("pow", other)
+
+    def __rpow__(self, other: Any) -> TensorList:
+        if _is_number(other):
+            return TensorList(torch._foreach_pow(other, self.items))
+        if isinstance(other, Tensor | TensorList):
+            return TensorList(torch._foreach_pow(self._operands(other), self.items))
+        return NotImplemented
+
+    def __gt__(self, other: Any) -> TensorList:
+        return self._loop(operator.gt, other)
+
+    def __ge__(self, other: Any) -> TensorList:
+        return self._loop(operator.ge, other)
+
+    def __lt__(self, other: Any) -> TensorList:
+        return self._loop(operator.lt, other)
+
+    def __le__(self, other: Any) -> TensorList:
+        return self._loop(operator.le, other)
+
+    def __eq__(self, other: Any) -> TensorList:  # type: ignore[override]
+        return self._loop(operator.eq, other)
+
+    def __ne__(self, other: Any) -> TensorList:  # type: ignore[override]
+        return self._loop(operator.ne, other)
+
+    def __and__(self, other: Any) -> TensorList:
+        return self._loop(operator.and_, other)
+
+    __rand__ = __and__
+
+    def __or__(self, other: Any) -> TensorList:
+        return self._loop(operator.or_, other)
+
+    __ror__ = __or__
+
+    # -- torch functions -------------------------------------------------------------------
+    @classmethod
+    def __torch_function__(cls, func: Any, types: Any, args: tuple[Any, ...] = (),
+                           kwargs: dict[str, Any] | None = None) -> Any:
+        """torch functions called with TensorList arguments, and tensor operators whose left
+        operand is a tensor (``lr * x`` calls ``Tensor.mul(lr, x)``): mapped in
+        :data:`_TORCH_FUNCTIONS`, anything else is a ``TypeError`` naming the function."""
+        handler = _TORCH_FUNCTIONS.get(func)
+        if handler is None:
+            raise TypeError(
+                f"{resolve_name(func) or repr(func)} is not mapped for TensorList: an update rule "
+                "uses an operation the multi-tensor path does not know yet; add it to "
+                "gradguard/optim/_foreach.py (a torch._foreach_* op or a per-tensor loop)")
+        return handler(*args, **(kwargs or {}))
+
+
+# -- the torch functions a rule may call on TensorLists ------------------------------------------
+
+def _per_item(fn: Callable[..., Tensor], n: int, args: tuple[Any, ...],
+              kwargs: dict[str, Any]) -> TensorList:
+    """``fn`` tensor by tensor, TensorList arguments indexed, the others passed as they are."""
+    def pick(a: Any, i: int) -> Any:
+        return a.items[i] if isinstance(a, TensorList) else a
+
+    return TensorList([fn(*(pick(a, i) for a in args),
+                          **{k: pick(v, i) for k, v in kwargs.items()}) for i in range(n)])
+
+
+def _first_list(*args: Any) -> TensorList:
+    lists = [a for a in args if isinstance(a, TensorList)]
+    for other in lists[1:]:
+        lists[0]._operands(other)  # checks the lengths
+    return lists[0]
+
+
+def _as_list(x: Any, n: int) -> list[Any]:
+    return x.items if isinstance(x, TensorList) else [x] * n
+
+
+def _binary(op: Callable[[Any, Any], Any], reflected: str) -> Callable[..., Any]:
+    """Handler for ``op(a, b)`` where ``a`` (a tensor) or ``b`` is a TensorList: the
+    TensorList's own operator (``reflected`` when it is the right operand)."""
+    def handler(a: Any, b: Any) -> Any:
+        if isinstance(a, TensorList):
+            return op(a, b)
+        return getattr(b, reflected)(a)
+
+    return handler
+
+
+def _swapped(handler: Callable[..., Any]) -> Callable[..., Any]:
+    """``Tensor.__rsub__(a, b)`` means ``b - a``."""
+    def swapped(a: Any, b: Any) -> Any:
+        return handler(b, a)
+
+    return swapped
+
+
+def _lerp(start: Any, end: Any, weight: Any) -> TensorList:
+    n = len(_first_list(start, end, weight))
+    starts, ends = _as_list(start, n), _as_list(end, n)
+    if _is_number(weight):
+        return TensorList(torch._foreach_lerp(starts, ends, weight))
+    return TensorList(torch._foreach_lerp(starts, ends, _as_list(weight, n)))
+
+
+def _extremum(name: str) -> Callable[..., TensorList]:
+    def handler(a: Any, b: Any) -> TensorList:
+        n = len(_first_list(a, b))
+        return TensorList(getattr(torch, f"_foreach_{name}")(_as_list(a, n), _as_list(b, n)))
+
+    return handler
+
+
+def _unary(name: str) -> Callable[..., TensorList]:
+    def handler(x: TensorList) -> TensorList:
+        return TensorList(getattr(torch, f"_foreach_{name}")(x.items))
+
+    return handler
+
+
+def _vector_norm(x: TensorList, ord: float = 2, dim: Any = None, keepdim: bool = False, *,
+                 dtype: torch.dtype | None = None) -> TensorList:
+    if dim is None and not keepdim:
+        return TensorList(torch._foreach_norm(x.items, ord, dtype=dtype))
+    return TensorList([torch.linalg.vector_norm(t, ord, dim, keepdim, dtype=dtype)
+                       for t in x.items])
+
+
+def _looped(fn: Callable[..., Tensor]) -> Callable[..., TensorList]:
+    def handler(*args: Any, **kwargs: Any) -> TensorList:
+        return _per_item(fn, len(_first_list(*args, *kwargs.values())), args, kwargs)
+
+    return handler
+
+
+def _register() -> dict[Any, Callable[..., Any]]:
+    table: dict[Any, Callable[..., Any]] = {}
+    # Tensor operators with a tensor on the left, and the torch functions of the same ops
+    binary = {
+        "add": (operator.add, "__radd__"), "sub": (operator.sub, "__rsub__"),
+        "mul": (operator.mul, "__rmul__"), "multiply": (operator.mul, "__rmul__"),
+        "div": (operator.truediv, "__rtruediv__"),
+        "true_divide": (operator.truediv, "__rtruediv__"),
+        "pow": (operator.pow, "__rpow__"),
+        "gt": (operator.gt, "__lt__"), "lt": (operator.lt, "__gt__"),
+        "ge": (operator.ge, "__le__"), "le": (operator.le, "__ge__"),
+        "eq": (operator.eq, "__eq__"), "ne": (operator.ne, "__ne__"),
+        "logical_and": (operator.and_, "__rand__"), "logical_or": (operator.or_, "__ror__"),
+    }
+    dunder = {"__add__": "add", "__sub__": "sub", "__mul__": "mul", "__truediv__": "div",
+              "__div__": "div", "__pow__": "pow", "__gt__": "gt", "__lt__": "lt",
+              "__ge__": "ge", "__le__": "le", "__eq__": "eq", "__ne__": "ne",
+              "__and__": "logical_and", "__or__": "logical_or",
+              "bitwise_and": "logical_and", "bitwise_or": "logical_or"}
+    reflected = {"__radd__": "add", "__rsub__": "sub", "__rmul__": "mul",
+                 "__rtruediv__": "div", "__rdiv__": "div", "__rpow__": "pow",
+                 "__rand__": "logical_and", "__ror__": "logical_or"}
+    owners = (torch.Tensor, torch._C.TensorBase)
+    for name, (op, rname) in binary.items():
+        handler = _binary(op, rname)
+        for owner in (*owners, torch):
+            if hasattr(owner, name):
+                table[getattr(owner, name)] = handler
+    for name, base in dunder.items():
+        for owner in owners:
+            if hasattr(owner, name):
+                table[getattr(owner, name)] = _binary(*binary[base])
+    for name, base in reflected.items():
+        for owner in owners:
+            if hasattr(owner, name):
+                table[getattr(owner, name)] = _swapped(_binary(*binary[base]))
+    table[torch.lerp] = _lerp
+    table[torch.maximum] = _extremum("maximum")
+    table[torch.minimum] = _extremum("minimum")
+    for name in ("sqrt", "abs", "sign", "neg", "reciprocal"):
+        table[getattr(torch, name)] = _unary(name)
+    table[torch.linalg.vector_norm] = _vector_norm
+    for fn in (torch.where, torch.ones_like, torch.zeros_like, torch.logical_not):
+        table[fn] = _looped(fn)
+    return table
+
+
+_TORCH_FUNCTIONS: dict[Any, Callable[..., Any]] = _register()
+
+
+# -- the runner ----------------------------------------------------------------------------------
+
+def _bucket_key(p: Tensor, g: Tensor, state: dict[str, Tensor], scale: Tensor | None,
+                fresh: Tensor | None) -> tuple[Any, ...]:
+    """What must be the same for tensors to share one call of the rule."""
+    layout = tuple(sorted((k, v.dtype, v.device) for k, v in state.items()))
+    return (p.device, p.dtype, p.dim(), g.device, g.dtype, layout, scale is None, fresh is None)
+
+
+def _scaled(grads: list[Tensor], scales: list[Tensor]) -> list[Tensor]:
+    """``g * s`` for every gradient (the same products as the reference's ``g * s.to(g.dtype)``):
+    one shared 0-d scale (global clipping) goes in as a single tensor, per-tensor and unit-wise
+    (AGC) scales as a list, each broadcast against its gradient."""
+    s0 = scales[0]
+    if s0.dim() == 0 and s0.device == grads[0].device and all(s is s0 for s in scales):
+        return list(torch._foreach_mul(grads, s0.to(grads[0].dtype)))
+    return list(torch._foreach_mul(grads, [s.to(g.dtype) for s, g in zip(scales, grads,
+                                                                          strict=True)]))
+
+
+def _results(value: Any, n: int, what: str) -> list[Tensor]:
+    if not isinstance(value, TensorList) or len(value) != n:
+        raise TypeError(f"the update rule returned {type(value).__name__} for {what}; expected "
+                        f"a TensorList of {n} tensors")
+    return value.items
+
+
+def update_foreach(
+    rule: Rule,
+    params: list[Tensor],
+    grads: list[Tensor],
+    states: list[dict[str, Tensor]],
+    scales: list[Tensor | None],
+    clamp: float | None,
+    fresh: list[Tensor | None],
+    skip: Tensor | None,
+    lr: float | Tensor,
+    hparams: dict[str, Any],
+) -> None:
+    """:func:`~gradguard.optim._backends.update_tensors` as multi-tensor ops: the same rule,
+    called once per bucket of tensors (same device, dtype, rank, state layout; whether scaled,
+    whether ``fresh``; at most :data:`MAX_NUMEL` elements) with :class:`TensorList`
+    arguments. Gradients are scaled and clamped into new tensors (``.grad`` is never written);
+    parameters and state are committed with ``torch._foreach_copy_``, or left bitwise unchanged
+    where ``skip`` is true."""
+    buckets: dict[tuple[Any, ...], list[list[int]]] = {}
+    filled: dict[tuple[Any, ...], int] = {}  # elements in the bucket's last chunk
+    for i in range(len(params)):
+        key = _bucket_key(params[i], grads[i], states[i], scales[i], fresh[i])
+        chunks = buckets.setdefault(key, [[]])
+        numel = params[i].numel()
+        if chunks[-1] and filled[key] + numel > MAX_NUMEL:
+            chunks.append([])
+            filled[key] = 0
+        chunks[-1].append(i)
+        filled[key] = filled.get(key, 0) + numel
+    for idx in (chunk for chunks in buckets.values() for chunk in chunks):
+        ps = [params[i] for i in idx]
+        gs = [grads[i] for i in idx]
+        sts = [states[i] for i in idx]
+        scale = [scales[i] for i in idx]
+        if scale[0] is not None:
+            gs = _scaled(gs, [s for s in scale if s is not None])
+        if clamp is not None:  # clamp(-c, c) == clamp_max(clamp_min(., -c), c), NaN kept
+            gs = list(torch._foreach_clamp_min(gs, -clamp))
+            torch._foreach_clamp_max_(gs, clamp)
+        state_tl = {k: TensorList([st[k] for st in sts]) for k in sts[0]}
+        fr = [fresh[i] for i in idx]
+        fresh_tl = TensorList([f for f in fr if f is not None]) if fr[0] is not None else None
+        new_p, new_state = rule(TensorList(ps), TensorList(gs), state_tl, lr=lr,
+                                fresh=fresh_tl, **hparams)
+        dst = list(ps)
+        src = list(_results(new_p, len(idx), "the parameters"))
+        for name, value in new_state.items():
+            dst += [st[name] for st in sts]
+            src += _results(value, len(idx), f"state {name!r}")
+        if skip is None:
+            torch._foreach_copy_(dst, src)
+        else:  # as _core.commit: the old value wherever the step is skipped, NaN or not
+            torch._foreach_copy_(dst, [torch.where(skip, d, s) for d, s in zip(dst, src,
+                                                                                strict=True)])
