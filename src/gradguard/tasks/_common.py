@@ -27,5 +27,5 @@ def need(module: str, task: str) -> Any:
 def split(n: int, val_fraction: float, seed: int = 0) -> tuple[Tensor, Tensor]:
     """A fixed random split of ``range(n)`` into (train, val) indices."""
     perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
-    n_val = int(round(n * val_fraction))
+    n_val = round(n * val_fraction)
     return perm[n_val:], perm[:n_val]

@@ -33,15 +33,19 @@ def digits() -> Task:
         train=(x[tr], y[tr]), val=(x[va], y[va]),
         loss_fn=nn.functional.cross_entropy, metric_fn=accuracy,
         metric_name="accuracy", higher_is_better=True, target=0.8, baseline=0.1,
-        steps=400, batch_size=64, eval_every=25,
-        # Measured (400 steps, seed 0): plain SGD and momentum only move off chance level at
-        # LRs 100x above the adaptive methods', Adagrad a decade above Adam.
-        lrs={"sgd": _grid(1e-2, 10.0), "momentum": _grid(1e-3, 1.0),
-             "nesterov": _grid(1e-3, 1.0), "adagrad": _grid(1e-4, 1e-1)},
+        steps=800, batch_size=64, eval_every=50,
+        # Measured on this task (3 seeds): 400 steps left every setting short of 0.8 on some
+        # seed; at 800, momentum SGD at lr 0.1 collapses to chance without clipping and reaches
+        # 0.82-0.94 with global_norm:1. Six half-decades per optimizer, around where it trains.
+        lrs={"sgd": _grid(-2, 0.5), "momentum": _grid(-3, -0.5),
+             "nesterov": _grid(-3, -0.5), "adam": _grid(-4, -1.5),
+             "adamw": _grid(-4, -1.5), "nadam": _grid(-4, -1.5),
+             "rmsprop": _grid(-5, -2.5), "adagrad": _grid(-3, -0.5)},
     )
 
 
 def _grid(lo: float, hi: float) -> tuple[float, ...]:
+    """Six learning rates, half a decade apart, from 10**lo to 10**hi."""
     from ..compare._grid import log_grid
 
-    return log_grid(lo, hi, 7)
+    return log_grid(10.0 ** lo, 10.0 ** hi, 6)
