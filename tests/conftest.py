@@ -10,6 +10,8 @@ import sys
 from pathlib import Path
 
 os.environ.setdefault("GRADGUARD_BACKEND", "eager")
+# backend="auto" compiles param groups of any size in the tests (its default skips small ones).
+os.environ.setdefault("GRADGUARD_COMPILE_MIN_NUMEL", "0")
 
 _SRC = Path(__file__).resolve().parents[1] / "src"
 if importlib.util.find_spec("gradguard") is None and _SRC.is_dir():

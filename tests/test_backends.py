@@ -258,6 +258,31 @@ def test_compiled_matches_eager(
     assert not any(counts[op] for op in FUSED_OPS)
 
 
+@pytest.mark.parametrize("threshold, expected", [(None, "foreach"), ("0", "compiled"),
+                                                 ("100", "compiled"), ("101", "foreach")])
+def test_auto_compiles_only_large_groups(threshold: str | None, expected: str,
+                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    # 100 elements: under the default threshold (2**20) and under 101, not under 0 or 100.
+    if threshold is None:
+        monkeypatch.delenv("GRADGUARD_COMPILE_MIN_NUMEL", raising=False)
+    else:
+        monkeypatch.setenv("GRADGUARD_COMPILE_MIN_NUMEL", threshold)
+    w = torch.nn.Parameter(torch.randn(10, 10))
+    opt = gradguard.RMSprop([w], lr=1e-2, clip="global_norm:1", backend="auto")
+    with count_paths(monkeypatch) as counts:
+        for _ in range(2):
+            w.grad = torch.randn(10, 10)
+            opt.step()
+    other = "compiled" if expected == "foreach" else "foreach"
+    assert counts[expected] == 2 and counts[other] == 0
+
+
+def test_compile_min_numel_rejects_bad_values(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("GRADGUARD_COMPILE_MIN_NUMEL", "-5")
+    with pytest.raises(ValueError, match="GRADGUARD_COMPILE_MIN_NUMEL: '-5'"):
+        _backends.compile_min_numel()
+
+
 def test_compiled_lars_keeps_matrices_apart_from_vectors(
     monkeypatch: pytest.MonkeyPatch, compiler_ok: None
 ) -> None:

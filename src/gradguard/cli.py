@@ -34,13 +34,14 @@ from .schedules import VALID_FORMS as SCHEDULE_FORMS
 
 __all__ = ["MAIN_JOB", "main"]
 
-# The main job: Adam with every kind of clipping, and the other classic optimizers with and
-# without global-norm clipping, on the deep tanh MLP of the digits task, 3 seeds each.
+# The main job: Adam with every kind of clipping, and four other classic optimizers with and
+# without global-norm clipping, on the deep tanh MLP of the digits task, 3 seeds each: 234 runs
+# of 800 steps, about 4 minutes on 2 cores.
 MAIN_JOB: dict[str, Any] = {
     "task": "digits",
     "grids": [
         (["adam"], ["none", "global_norm:1", "agc:0.05", "zclip:2.5", "auto:10"]),
-        (["sgd", "momentum", "adamw", "rmsprop", "adagrad"], ["none", "global_norm:1"]),
+        (["sgd", "momentum", "adamw", "rmsprop"], ["none", "global_norm:1"]),
     ],
     "seeds": 3,
 }
@@ -115,7 +116,7 @@ def _add_compare(sub: Any) -> None:
         description="Train a task's model with every combination of optimizers x clip specs x "
                     "schedules x learning rates x seeds, save each run as it ends, and write "
                     "a report (report.html, report.md) ranking the settings. With no "
-                    "arguments: the main job (digits; Adam with five clip settings and five "
+                    "arguments: the main job (digits; Adam with five clip settings and four "
                     "other optimizers with and without global-norm clipping; 3 seeds). "
                     "Re-running the same command resumes: finished runs are not trained again.",
         epilog="examples:\n  gradguard compare\n  gradguard compare --task adding "

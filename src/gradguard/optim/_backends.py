@@ -46,6 +46,30 @@ def default_backend() -> str:
     return value
 
 
+# Smallest param group (in elements) that ``auto`` compiles. Below it a compiled call's fixed
+# cost (guards, chunking) exceeds the work: on the 2-core CPU the compiled update of a 50k
+# parameter MLP took longer than the multi-tensor eager one, and 12.6M parameters ran 8x faster
+# compiled. Small models also skip the first step's compile.
+COMPILE_MIN_NUMEL = 1 << 20
+
+
+def compile_min_numel() -> int:
+    """``GRADGUARD_COMPILE_MIN_NUMEL`` if set (an integer >= 0), else
+    :data:`COMPILE_MIN_NUMEL`: param groups with fewer elements run ``foreach`` under
+    ``backend="auto"``."""
+    text = os.environ.get("GRADGUARD_COMPILE_MIN_NUMEL")
+    if text is None:
+        return COMPILE_MIN_NUMEL
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
+    if value < 0:
+        raise ValueError(f"Invalid GRADGUARD_COMPILE_MIN_NUMEL: {text!r}; must be an integer "
+                         ">= 0")
+    return value
+
+
 def update_tensors(
     rule: Rule,
     params: list[Tensor],

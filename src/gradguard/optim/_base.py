@@ -12,7 +12,13 @@ from torch.optim import Optimizer
 from .._validation import check_choice
 from ..clip import ClipPolicy, GradHooks, resolve
 from ..clip._dist import is_dtensor, local
-from ._backends import BACKENDS, default_backend, run_compiled, update_tensors
+from ._backends import (
+    BACKENDS,
+    compile_min_numel,
+    default_backend,
+    run_compiled,
+    update_tensors,
+)
 from ._core import (
     GuardCore,
     GuardReadouts,
@@ -192,7 +198,9 @@ class GuardedOptimizer(GuardReadouts, Optimizer):
         """Run the update rule over one param group on the chosen backend: ``eager`` the
         per-tensor reference, ``foreach`` the multi-tensor eager path; ``auto`` and ``native``
         a native fused kernel where one is exact, else (like ``compiled``) the compiled update,
-        else (no compiler) ``foreach``. True when a fused kernel wrote into the gradients."""
+        else (no compiler) ``foreach``; ``auto`` also takes ``foreach`` for groups smaller
+        than :func:`compile_min_numel` elements. True when a fused kernel wrote into the
+        gradients."""
         hparams = {k: v for k, v in group.items() if k not in _NOT_HPARAMS}
         lr = group["lr"]
         rule = type(self)._rule
@@ -204,8 +212,9 @@ class GuardedOptimizer(GuardReadouts, Optimizer):
             if ok:
                 self._native_update(group, params, grads, states, shared, skip)
                 return shared is not None
-        if self.backend != "foreach" and run_compiled(rule, params, grads, states, scales, clamp,
-                                                      fresh, skip, lr, hparams):
+        small = self.backend == "auto" and sum(p.numel() for p in params) < compile_min_numel()
+        if self.backend != "foreach" and not small and run_compiled(
+                rule, params, grads, states, scales, clamp, fresh, skip, lr, hparams):
             return False
         update_foreach(rule, params, grads, states, scales, clamp, fresh, skip, lr, hparams)
         return False
