@@ -595,7 +595,7 @@ def test_failed_report_leaves_the_old_one_intact(real: Any, tmp_path: Path,
     def failing_replace(src: Any, dst: Any) -> None:
         raise OSError("disk full")
 
-    monkeypatch.setattr(_report.os, "replace", failing_replace)
+    monkeypatch.setattr("os.replace", failing_replace)
     with pytest.raises(OSError, match="disk full"):
         write_report(tmp_path, records[:3], _meta(info, records[:3], total=8))
     monkeypatch.undo()

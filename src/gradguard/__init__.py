@@ -5,7 +5,7 @@ clip policies (:mod:`gradguard.clip`), :func:`guard` for any other torch optimiz
 schedules (:mod:`gradguard.schedules`) and a clip-aware LR range test (:func:`find_lr`).
 """
 
-from . import clip, monitor, rules, schedules
+from . import clip, monitor, rules, schedules, tasks
 from .errors import NonFiniteGradientError
 from .lr_finder import LRFinderResult, find_lr
 from .monitor import Monitor
@@ -54,4 +54,5 @@ __all__ = [
     "monitor",
     "rules",
     "schedules",
+    "tasks",
 ]

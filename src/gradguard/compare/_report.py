@@ -52,13 +52,13 @@ import io
 import itertools
 import json
 import math
-import os
 import statistics
-import tempfile
 import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
+
+from ._run import write_atomic
 
 __all__ = ["DEFINITIONS", "PLOT_NAMES", "summarize", "write_report"]
 
@@ -1166,19 +1166,6 @@ def _render_markdown(summary: dict[str, Any], meta: dict[str, Any]) -> str:
 
 
 # -- writing ----------------------------------------------------------------------------------
-def _write_atomic(path: Path, data: bytes) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def write_report(out_dir: Path, records: list[dict[str, Any]],
                  meta: dict[str, Any]) -> dict[str, Any]:
     """Write the sweep's report into ``out_dir`` and return the paths written.
@@ -1216,11 +1203,11 @@ def write_report(out_dir: Path, records: list[dict[str, Any]],
     plots = []
     for name in PLOT_NAMES:
         path = out / "plots" / f"{name}.png"
-        _write_atomic(path, pngs[name])
+        write_atomic(path, pngs[name])
         plots.append(path)
     paths = {"summary": out / "summary.json", "markdown": out / "report.md",
              "html": out / "report.html"}
-    _write_atomic(paths["summary"], summary_bytes)
-    _write_atomic(paths["markdown"], markdown)
-    _write_atomic(paths["html"], page)
+    write_atomic(paths["summary"], summary_bytes)
+    write_atomic(paths["markdown"], markdown)
+    write_atomic(paths["html"], page)
     return {**paths, "plots": plots}

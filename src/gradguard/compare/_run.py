@@ -21,7 +21,7 @@ from ..schedules._spec import _takes_metrics
 from ..tasks import Task, batches
 from ._grid import RunConfig, make_optimizer
 
-__all__ = ["SCHEMA", "read_record", "train_one", "write_json"]
+__all__ = ["SCHEMA", "read_record", "train_one", "write_atomic", "write_json"]
 
 SCHEMA = 1
 
@@ -36,19 +36,25 @@ def _nums(values: list[float]) -> list[float | None]:
     return [_num(v) for v in values]
 
 
-def write_json(path: Path, data: Any) -> None:
-    """Write ``data`` as JSON to ``path`` atomically: the file is complete or absent."""
+def write_atomic(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` atomically: the file is complete or absent (a temporary file
+    in the same folder, flushed to disk, then renamed over ``path``)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(data, f, allow_nan=False, separators=(",", ":"))
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def write_json(path: Path, data: Any) -> None:
+    """Write ``data`` as JSON (no NaN: non-finite numbers must already be None) atomically."""
+    write_atomic(path, json.dumps(data, allow_nan=False, separators=(",", ":")).encode())
 
 
 def read_record(path: Path) -> dict[str, Any] | None:
