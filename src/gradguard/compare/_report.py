@@ -384,12 +384,16 @@ _VERDICT_WORDS = {"helped": "clipping helped", "hurt": "clipping hurt",
                   "no measurable effect": "clipping had no measurable effect"}
 
 
+def _decades(value: float) -> str:
+    text = _f(value, 2)
+    return f"{text} decade" if text == "1" else f"{text} decades"
+
+
 def _window_words(win: dict[str, Any]) -> str:
     if win["points"] == 1:
         return f"every seed trained only at lr {_lr(win['low'])} (1 grid point)"
     return (f"every seed trained at learning rates from {_lr(win['low'])} to "
-            f"{_lr(win['high'])} ({win['points']} grid points, {_f(win['decades'], 2)} "
-            "decades)")
+            f"{_lr(win['high'])} ({win['points']} grid points, {_decades(win['decades'])})")
 
 
 def _recommend(ranked: list[dict[str, Any]], effects: list[dict[str, Any]],
@@ -965,7 +969,7 @@ def _windows_lines(summary: dict[str, Any]) -> list[str]:
             text = f"{_lr(w['low'])} only: 1 grid point"
         elif w["points"]:
             text = (f"{_lr(w['low'])} to {_lr(w['high'])}: {w['points']} grid points, "
-                    f"{_f(w['decades'], 2)} decades")
+                    f"{_decades(w['decades'])}")
         else:
             text = "none (no learning rate trained every seed)"
         grid = ", ".join(_lr(x) for x in s["lr_grid"])
