@@ -14,6 +14,7 @@ import time
 import torch
 
 import gradguard
+from gradguard.bench import make_params, transformer_shapes
 
 NAMES = {"rmsprop": "RMSprop", "nadam": "NAdam", "adamax": "Adamax", "adadelta": "Adadelta",
          "lion": "Lion", "lars": "LARS", "lamb": "LAMB", "adamw": "AdamW"}
@@ -23,9 +24,6 @@ def main() -> None:
     name = sys.argv[1] if len(sys.argv) > 1 else "rmsprop"
     if name not in NAMES:
         raise SystemExit(f"unknown optimizer {name!r}; valid: {', '.join(NAMES)}")
-    sys.path.insert(0, "benchmarks")
-    from step import make_params, transformer_shapes
-
     params = make_params(transformer_shapes(25e6), 0)
     opt = getattr(gradguard, NAMES[name])(params, clip="global_norm:1.0", backend="compiled")
     t0 = time.perf_counter()
