@@ -99,6 +99,20 @@ def _assert_moved(before: list[torch.Tensor], model: nn.Module) -> None:
     assert any(not torch.allclose(b, a) for b, a in zip(before, after, strict=True))
 
 
+Twins = tuple[nn.Module, torch.optim.Optimizer, nn.Module, torch.optim.Optimizer]
+
+
+def _twins(entry: OptimizerEntry, config: dict[str, Any], dtype: torch.dtype | None = None,
+           **ours: Any) -> Twins:
+    """The same model twice: (ours, our optimizer, twin, the reference optimizer), both built
+    with ``config``; ``ours`` adds keyword arguments for our optimizer only (e.g. ``clip``)."""
+    model_a = make_model(dtype=entry.dtype if dtype is None else dtype)
+    model_b = copy.deepcopy(model_a)
+    opt_a = entry.make(model_a.parameters(), **ours, **config)
+    opt_b = entry.reference(model_b.parameters(), **config)
+    return model_a, opt_a, model_b, opt_b
+
+
 # --------------------------------------------------------------------------------------
 # 1. Same trajectory as torch.optim / the float64 references
 # --------------------------------------------------------------------------------------
@@ -106,11 +120,8 @@ def _assert_moved(before: list[torch.Tensor], model: nn.Module) -> None:
 
 @pytest.mark.parametrize(("entry", "config"), config_params())
 def test_trajectory_matches_reference(entry: OptimizerEntry, config: dict[str, Any]) -> None:
-    model_a = make_model(dtype=entry.dtype)
-    model_b = copy.deepcopy(model_a)
+    model_a, opt_a, model_b, opt_b = _twins(entry, config)
     start = clone_params(model_b)
-    opt_a = entry.make(model_a.parameters(), **config)
-    opt_b = entry.reference(model_b.parameters(), **config)
     _lockstep(
         entry.tolerance,
         model_a,
@@ -130,10 +141,7 @@ def test_trajectory_matches_reference(entry: OptimizerEntry, config: dict[str, A
 
 @pytest.mark.parametrize("entry", [e for e in TABLE if e.torch_cls is not None], ids=repr)
 def test_trajectory_matches_torch_in_float64(entry: OptimizerEntry) -> None:
-    model_a = make_model(dtype=torch.float64)
-    model_b = copy.deepcopy(model_a)
-    opt_a = entry.make(model_a.parameters(), **entry.main)
-    opt_b = entry.reference(model_b.parameters(), **entry.main)
+    model_a, opt_a, model_b, opt_b = _twins(entry, entry.main, torch.float64)
     tol = entry.fp64_tolerance
     _lockstep(tol, model_a, opt_a, model_b, opt_b, make_batches(STEPS, dtype=torch.float64))
     assert_states_close(opt_a, model_a.parameters(), opt_b, model_b.parameters(), **tol)
@@ -143,11 +151,8 @@ def test_trajectory_matches_torch_in_float64(entry: OptimizerEntry) -> None:
 @pytest.mark.parametrize("entry", entry_params())
 def test_trajectory_with_global_norm_clip(entry: OptimizerEntry, as_object: bool) -> None:
     max_norm = 0.5
-    model_a = make_model(dtype=entry.dtype)
-    model_b = copy.deepcopy(model_a)
     clip = gclip.GlobalNorm(max_norm) if as_object else "global_norm:0.5"
-    opt_a = entry.make(model_a.parameters(), clip=clip, **entry.main)
-    opt_b = entry.reference(model_b.parameters(), **entry.main)
+    model_a, opt_a, model_b, opt_b = _twins(entry, entry.main, clip=clip)
     _lockstep(
         entry.tolerance,
         model_a,
@@ -429,10 +434,7 @@ def _schedulers(opt: torch.optim.Optimizer, kind: str) -> Any:
 @pytest.mark.parametrize("kind", ["StepLR", "OneCycleLR"])
 @pytest.mark.parametrize("entry", entry_params())
 def test_lr_schedulers_drive_identically(entry: OptimizerEntry, kind: str) -> None:
-    model_a = make_model(dtype=entry.dtype)
-    model_b = copy.deepcopy(model_a)
-    opt_a = entry.make(model_a.parameters(), **entry.main)
-    opt_b = entry.reference(model_b.parameters(), **entry.main)
+    model_a, opt_a, model_b, opt_b = _twins(entry, entry.main)
     sched_a, sched_b = _schedulers(opt_a, kind), _schedulers(opt_b, kind)
     _lockstep(
         entry.tolerance,
@@ -451,10 +453,7 @@ def test_lr_schedulers_drive_identically(entry: OptimizerEntry, kind: str) -> No
 
 @pytest.mark.parametrize("entry", entry_params())
 def test_grad_scaler_trains_identically(entry: OptimizerEntry) -> None:
-    model_a = make_model(dtype=entry.dtype)
-    model_b = copy.deepcopy(model_a)
-    opt_a = entry.make(model_a.parameters(), **entry.main)
-    opt_b = entry.reference(model_b.parameters(), **entry.main)
+    model_a, opt_a, model_b, opt_b = _twins(entry, entry.main)
     scaler_a = torch.amp.GradScaler(device="cpu", init_scale=2.0**12, growth_interval=10)
     scaler_b = torch.amp.GradScaler(device="cpu", init_scale=2.0**12, growth_interval=10)
     _lockstep(
