@@ -17,7 +17,7 @@ import sys
 import tempfile
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import Any
 
 from . import __version__, tasks
 from .clip import VALID_FORMS as CLIP_FORMS
@@ -49,14 +49,6 @@ TASK_DEFAULTS: dict[str, Any] = {"optimizers": "adam,momentum", "clip": "none,gl
                                  "seeds": 2}
 EXIT_USAGE = 2
 EXIT_INTERRUPTED = 130
-
-
-class _Parser(argparse.ArgumentParser):
-    """argparse, with errors that keep their line breaks."""
-
-    def error(self, message: str) -> NoReturn:
-        self.print_usage(sys.stderr)
-        self.exit(EXIT_USAGE, f"{self.prog}: error: {message}\n")
 
 
 def _positive_int(text: str) -> int:
@@ -156,8 +148,8 @@ def _grid_args_given(args: argparse.Namespace) -> bool:
                                                       "schedule", "seeds")) or args.lr != "auto"
 
 
-def _configs(ap: argparse.ArgumentParser, args: argparse.Namespace,
-             task: tasks.Task) -> tuple[list[RunConfig], dict[str, Any]]:
+def _configs(ap: argparse.ArgumentParser, args: argparse.Namespace, task: tasks.Task,
+             task_spec: str) -> tuple[list[RunConfig], dict[str, Any]]:
     steps = args.steps or task.steps
     batch = args.batch_size or task.batch_size
     every = min(args.eval_every or task.eval_every, steps)
@@ -198,8 +190,8 @@ def _configs(ap: argparse.ArgumentParser, args: argparse.Namespace,
         if not clips:
             ap.error(f"invalid --clip {args.clip!r}: no clip spec; valid forms: {CLIP_FORMS}")
         all_clips += [c for c in clips if c not in all_clips]
-        configs += expand(task.name if ":" not in str(args.task) else args.task, optimizers,
-                          clips, schedules, lrs, seeds, steps, batch, every, task.lrs)
+        configs += expand(task_spec, optimizers, clips, schedules, lrs, seeds, steps, batch,
+                          every, task.lrs)
     unique = list({c.run_id: c for c in configs}.values())
     lr_table: dict[str, list[float]] = {}
     for c in unique:
@@ -218,7 +210,7 @@ def _configs(ap: argparse.ArgumentParser, args: argparse.Namespace,
 def _compare(ap: argparse.ArgumentParser, args: argparse.Namespace) -> int:
     task_name = args.task or MAIN_JOB["task"]
     task = _get_task(ap, task_name)
-    configs, meta = _configs(ap, args, task)
+    configs, meta = _configs(ap, args, task, task_name)
     default_out = Path("gradguard-runs") / (task.name if _grid_args_given(args) else "main")
     out = _writable_dir(ap, args.out or default_out, "--out")
     from .compare._report import write_report
@@ -395,11 +387,11 @@ def _tasks(ap: argparse.ArgumentParser, args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    ap = _Parser(prog="gradguard",
+    ap = argparse.ArgumentParser(prog="gradguard",
                  description="Compare optimizers, gradient clipping and schedules on real "
                              "tasks; find learning rates; benchmark the clipped step.")
     ap.add_argument("--version", action="version", version=f"gradguard {__version__}")
-    sub = ap.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    sub = ap.add_subparsers(dest="command", metavar="COMMAND")
     _add_compare(sub)
     _add_report(sub)
     _add_lr_find(sub)

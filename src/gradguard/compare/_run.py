@@ -98,8 +98,8 @@ def train_one(task: Task, cfg: RunConfig) -> dict[str, Any]:
     takes_metrics = sched is not None and _takes_metrics(sched)
     draw = batches(task, torch.Generator().manual_seed(10_000 + cfg.seed))
     policy = getattr(opt, "clip", None)
-    has_thr = (isinstance(policy, GlobalNorm) and policy.norm_type == 2.0) or isinstance(
-        policy, AutoClip | ZClip)
+    # AutoClip and ZClip have a threshold only once they have stepped.
+    has_thr = isinstance(policy, AutoClip | ZClip) or _threshold(policy) is not None
 
     n = cfg.steps
     norms = torch.full((n,), math.nan)
