@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import inspect
 import math
+import random
 import warnings
 from collections import Counter
 from collections.abc import Callable, Iterator
@@ -747,7 +748,7 @@ def test_compiled_bfloat16_matches_eager(
 def test_lr_schedule_and_clip_scale_do_not_recompile(
     monkeypatch: pytest.MonkeyPatch, compiler_ok: None
 ) -> None:
-    # 11 tensors: two chunks (8 + 3), so the chunking is covered too
+    # 11 tensors: several chunks, the last one shorter, so the chunking is covered too
     shapes = ((5, 4), (5,), (4, 5), (4,), (6, 3), (6,), (3, 6), (3,), (7,), (2, 7), (9,))
     warmup = 2
     graphs: list[int] = []
@@ -773,7 +774,8 @@ def test_lr_schedule_and_clip_scale_do_not_recompile(
             lr_lambda=lr_lambda,
             after_step=after_step,
         )
-    assert counts["compiled"] == 2 * STEPS  # two chunks per step, all compiled
+    # every chunk of every step compiled
+    assert counts["compiled"] == math.ceil(len(shapes) / _backends.CHUNK) * STEPS
     # positive control: the counter does count the graphs compiled for this new chunking
     assert graphs[warmup - 1] > start
     assert graphs[-1] == graphs[warmup - 1], f"recompiled after warm-up: {graphs}"
@@ -783,6 +785,43 @@ def test_lr_schedule_and_clip_scale_do_not_recompile(
     assert len(set(lrs)) == STEPS
     assert len({round(x, 6) for x in scales if x < 1}) >= 5
     assert 1.0 in scales  # and some steps were not clipped at all
+
+
+def test_one_graph_serves_chunks_of_other_shapes(compiler_ok: None) -> None:
+    # Chunks of different shapes, 1-D parameters among flattened matrices, and tensors on both
+    # sides of the size where inductor lowers LAMB's norms differently: one graph per side.
+    # (Parameters given to dynamo, or views of matrices, used to pin each chunk's sizes.)
+    small = [(5, 4), (7,), (3, 9), (11,), (2, 2), (6, 5), (13,), (4, 8), (3,), (9, 2), (5,),
+             (8,)]
+    large = [(650, 500), (4097,), (800, 700), (5000,), (710, 660), (4200,), (900, 600), (4500,)]
+    # mixed, as in a model: the optimizer must regroup them by side
+    mixed = small[: 3 * _backends.CHUNK] + large[: 2 * _backends.CHUNK]
+    random.Random(3).shuffle(mixed)
+    shapes = tuple(mixed)
+    assert len(shapes) == 5 * _backends.CHUNK  # whole chunks: no shorter tail chunk
+    params = make_params(shapes)
+    # an eps no other test uses: the graphs compiled here are new ones
+    opt = gradguard.LAMB(params, lr=1e-3, eps=1.2345e-7, weight_decay=0.01,
+                         clip="global_norm:1", backend="compiled")
+    before = dynamo_counters["stats"]["unique_graphs"]
+    for step in range(3):
+        set_grads(params, make_grads(step, shapes, nan_step=None))
+        opt.step()
+    assert dynamo_counters["stats"]["unique_graphs"] - before == 2
+
+
+def test_compiled_step_bumps_parameter_versions(compiler_ok: None) -> None:
+    # The compiled path writes through aliases of the parameters; autograd must still see the
+    # write, as with any in-place update, and refuse a backward through the old values.
+    w = nn.Parameter(torch.randn(3, 4))
+    x = torch.randn(4, 2, requires_grad=True)
+    loss = (w @ x).sum()  # saves w for x's gradient
+    w.grad = torch.randn(3, 4)
+    version = w._version
+    gradguard.RMSprop([w], lr=0.1, backend="compiled").step()
+    assert w._version > version
+    with pytest.raises(RuntimeError, match="modified by an inplace operation"):
+        loss.backward()
 
 
 # --------------------------------------------------------------------------------------

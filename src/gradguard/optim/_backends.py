@@ -9,8 +9,9 @@
 - ``compiled``: the same function through ``torch.compile`` (C++/OpenMP on CPU, Triton on GPU):
   clip scale, update and commit fuse into one pass per tensor, so each gradient is read once
   and never written. Tensors are flattened to 1-D and processed in chunks of :data:`CHUNK`
-  with dynamic shapes, so one compiled kernel serves every chunk of a model; the learning rate
-  is a tensor input, so LR schedules and changing clip scales never recompile.
+  with dynamic shapes, so one compiled kernel serves every full chunk of a model (two where
+  the rule has a reduction: chunks of small and of large tensors); the learning rate is a
+  tensor input, so LR schedules and changing clip scales never recompile.
 - ``native``: torch's own fused kernels (Adam, AdamW, SGD, Adagrad) where they are exact for the
   step: the clip scale (times GradScaler's) goes in as their ``grad_scale`` and the non-finite
   skip as their ``found_inf``, as GradScaler itself does. Chosen by the optimizer class.
@@ -26,12 +27,16 @@ from collections.abc import Callable
 from typing import Any
 
 import torch
+import torch.fx.experimental._config as fx_config
 from torch import Tensor
 
 from ._core import commit
 
 BACKENDS = ("auto", "native", "compiled", "foreach", "eager")
-CHUNK = 8  # tensors per compiled call: bounds compile time, reused for every chunk
+CHUNK = 4  # tensors per compiled call: bounds compile time, reused for every chunk
+# Inductor lowers a reduction (LARS's and LAMB's norms) differently above this many elements
+# and guards on it, so chunks hold only tensors on one side of it: one graph per side.
+SMALL_NUMEL = 4096
 RECOMPILE_LIMIT = 256
 
 Rule = Callable[..., tuple[Tensor, dict[str, Tensor]]]
@@ -117,10 +122,17 @@ def compile_available() -> bool:
 
 def _flat(t: Tensor, keep_rank: bool = False) -> Tensor:
     """``t`` as one row: 1-D, or ``(1, n)`` for matrices and up when the rule branches on
-    ``dim()`` (LARS's ``exclude_bias_and_norm``), so the branch sees the true kind of tensor."""
+    ``dim()`` (LARS's ``exclude_bias_and_norm``), so the branch sees the true kind of tensor.
+
+    Always a plain tensor that is not a view: dynamo gives ``nn.Parameter`` inputs static shapes
+    and ties a view's size to its base's, and either would specialise the compiled graph to
+    one chunk's sizes (a recompile for every chunk of other shapes). The result aliases ``t``'s
+    memory, so writes to it update ``t``."""
     if t.dim() == 1 or not t.is_contiguous():
-        return t
-    return t.view(1, -1) if keep_rank and t.dim() >= 2 else t.view(-1)
+        return t.detach()
+    n = t.numel()
+    shape, stride = ((1, n), (n, 1)) if keep_rank and t.dim() >= 2 else ((n,), (1,))
+    return t.new_empty(0).set_(t.untyped_storage(), t.storage_offset(), shape, stride)
 
 
 def run_compiled(
@@ -147,25 +159,35 @@ def run_compiled(
                                                                     dtype=torch.float32)
     # Per-tensor scalar scales allow flattening; unit-wise scales (AGC) keep the shapes.
     flatten = all(s is None or s.dim() == 0 for s in scales)
+    written = params
     if flatten:
         keep = bool(hparams.get("exclude_bias_and_norm"))
         params = [_flat(p, keep) for p in params]
         grads = [_flat(g, keep) for g in grads]
         states = [{k: _flat(v, keep) if v.dim() > 0 else v for k, v in st.items()}
                   for st in states]
+    else:  # plain tensors: dynamo would give parameters static shapes
+        params = [p.detach() for p in params]
     fn = _compiled_update()
     # One compiled graph per (rule, settings, dtype, chunk length): more than dynamo's default
-    # of 8 for one function. Raised only around our own calls.
+    # of 8 for one function. Duck sizing off: two tensors of one chunk that happen to have the
+    # same size would otherwise share a symbol, and the next chunk would recompile. Raised and
+    # switched only around our own calls.
     limits = torch._dynamo.config.patch(recompile_limit=RECOMPILE_LIMIT,
-                                        accumulated_recompile_limit=4 * RECOMPILE_LIMIT)
-    for start in range(0, len(params), CHUNK):
-        end = start + CHUNK
+                                        accumulated_recompile_limit=4 * RECOMPILE_LIMIT,
+                                        specialize_float=True)
+    no_duck = fx_config.patch(use_duck_shape=False)  # type: ignore[attr-defined]
+    chunks = [chunk for side in (False, True)
+              for idx in [[i for i, g in enumerate(grads) if (g.numel() > SMALL_NUMEL) == side]]
+              for chunk in (idx[k:k + CHUNK] for k in range(0, len(idx), CHUNK))]
+    for n, chunk in enumerate(chunks):
         try:
-            with limits:
-                fn(rule, params[start:end], grads[start:end], states[start:end],
-                   scales[start:end], clamp, fresh[start:end], skip, lr_t, hparams)
+            with limits, no_duck:
+                fn(rule, [params[i] for i in chunk], [grads[i] for i in chunk],
+                   [states[i] for i in chunk], [scales[i] for i in chunk], clamp,
+                   [fresh[i] for i in chunk], skip, lr_t, hparams)
         except Exception as e:  # compiler missing or broken: fall back, once, loudly
-            if start != 0:
+            if n != 0:
                 raise
             _compile_failed = f"{type(e).__name__}: {e}"
             warnings.warn(
@@ -175,4 +197,8 @@ def run_compiled(
                 "silence this.",
                 RuntimeWarning, stacklevel=3)
             return False
+    # The aliases do not share the parameters' version counters: bump them as any in-place
+    # write would, so autograd still catches a step between forward and backward.
+    for p in written:
+        torch.autograd.graph.increment_version(p)
     return True
