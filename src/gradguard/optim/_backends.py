@@ -110,7 +110,11 @@ _compile_failed: str | None = None
 def _compiled_update() -> Any:
     global _compiled
     if _compiled is None:
-        _compiled = torch.compile(update_tensors, dynamic=True, fullgraph=True)
+        # Recompute rather than store an intermediate that reads many inputs: storing LAMB's
+        # update direction (read by its norm and by the update) cost a full-size buffer per
+        # tensor, allocated and page-faulted every step on the CPU, and made LAMB 1.4x slower.
+        _compiled = torch.compile(update_tensors, dynamic=True, fullgraph=True,
+                                  options={"realize_reads_threshold": 16})
     return _compiled
 
 
