@@ -47,16 +47,21 @@ def _f64(step: Tensor) -> Tensor:
     return step if step.device.type == "mps" else step.to(torch.float64)
 
 
-@torch.library.custom_op("gradguard::scalar", mutates_args=())
-def _materialize(x: Tensor) -> Tensor:
-    """An opaque copy: under torch.compile it makes a 0-d coefficient a buffer computed once,
-    instead of an expression (a pow, a sqrt) the fused loop would re-evaluate per vector."""
-    return x.clone()
+# An opaque copy: under torch.compile it makes a 0-d coefficient a buffer computed once,
+# instead of an expression (a pow, a sqrt) the fused loop would re-evaluate per vector.
+# Registered with the dispatcher directly (not ``torch.library.custom_op``, whose autograd and
+# Python layers cost about 10 us per call, several calls per tensor per step).
+_LIB = torch.library.Library("gradguard", "DEF")
+_LIB.define("scalar(Tensor x) -> Tensor")
+_LIB.impl("scalar", lambda x: x.clone(), "CompositeExplicitAutograd")
 
 
-@_materialize.register_fake
+@torch.library.register_fake("gradguard::scalar", lib=_LIB)
 def _(x: Tensor) -> Tensor:
     return torch.empty_like(x)
+
+
+_materialize = torch.ops.gradguard.scalar
 
 
 def _coef(x: Scalar, like: Tensor) -> Scalar:

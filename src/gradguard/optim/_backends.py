@@ -139,6 +139,25 @@ def _flat(t: Tensor, keep_rank: bool = False) -> Tensor:
     return t.new_empty(0).set_(t.untyped_storage(), t.storage_offset(), shape, stride)
 
 
+def _dynamo_settings() -> dict[str, Any]:
+    """Dynamo settings for our calls, under the names this torch has (older releases call the
+    recompile limits ``cache_size_limit``): more graphs than dynamo's default of 8 for one
+    function, one per (rule, settings, dtype, chunk length); float hyperparameters as
+    constants, so tracing does not restart to specialise them."""
+    config = torch._dynamo.config
+    wanted = {("recompile_limit", "cache_size_limit"): RECOMPILE_LIMIT,
+              ("accumulated_recompile_limit", "accumulated_cache_size_limit"):
+                  4 * RECOMPILE_LIMIT,
+              ("specialize_float",): True}
+    settings = {}
+    for names, value in wanted.items():
+        for name in names:
+            if hasattr(config, name):
+                settings[name] = value
+                break
+    return settings
+
+
 def run_compiled(
     rule: Rule,
     params: list[Tensor],
@@ -173,13 +192,10 @@ def run_compiled(
     else:  # plain tensors: dynamo would give parameters static shapes
         params = [p.detach() for p in params]
     fn = _compiled_update()
-    # One compiled graph per (rule, settings, dtype, chunk length): more than dynamo's default
-    # of 8 for one function. Duck sizing off: two tensors of one chunk that happen to have the
-    # same size would otherwise share a symbol, and the next chunk would recompile. Raised and
-    # switched only around our own calls.
-    limits = torch._dynamo.config.patch(recompile_limit=RECOMPILE_LIMIT,
-                                        accumulated_recompile_limit=4 * RECOMPILE_LIMIT,
-                                        specialize_float=True)
+    # Duck sizing off: two tensors of one chunk that happen to have the same size would
+    # otherwise share a symbol, and the next chunk would recompile. Settings are switched only
+    # around our own calls.
+    limits = torch._dynamo.config.patch(**_dynamo_settings())
     no_duck = fx_config.patch(use_duck_shape=False)  # type: ignore[attr-defined]
     chunks = [chunk for side in (False, True)
               for idx in [[i for i, g in enumerate(grads) if (g.numel() > SMALL_NUMEL) == side]]
