@@ -197,9 +197,9 @@ def run_compiled(
     # around our own calls.
     limits = torch._dynamo.config.patch(**_dynamo_settings())
     no_duck = fx_config.patch(use_duck_shape=False)  # type: ignore[attr-defined]
-    chunks = [chunk for side in (False, True)
-              for idx in [[i for i, g in enumerate(grads) if (g.numel() > SMALL_NUMEL) == side]]
-              for chunk in (idx[k:k + CHUNK] for k in range(0, len(idx), CHUNK))]
+    small = [i for i, g in enumerate(grads) if g.numel() <= SMALL_NUMEL]
+    large = [i for i, g in enumerate(grads) if g.numel() > SMALL_NUMEL]
+    chunks = [side[k:k + CHUNK] for side in (small, large) for k in range(0, len(side), CHUNK)]
     for n, chunk in enumerate(chunks):
         try:
             with limits, no_duck:
