@@ -95,7 +95,8 @@ def torch_optimizer(cls_name: str, params: list[nn.Parameter],
     return cls(params, foreach=True, **kwargs), f"torch.optim.{cls_name}(foreach=True)"
 
 
-def median_time(fn: Callable[[], object]) -> float:
+def elapsed(fn: Callable[[], object]) -> float:
+    """Seconds one call of ``fn`` takes."""
     t0 = time.perf_counter()
     fn()
     return time.perf_counter() - t0
@@ -109,7 +110,7 @@ def interleaved_medians(variants: Mapping[str, Callable[[], object]],
     times: dict[str, list[float]] = {k: [] for k in names}
     for r in range(reps):
         for k in names[r % len(names):] + names[:r % len(names)]:
-            times[k].append(median_time(variants[k]))
+            times[k].append(elapsed(variants[k]))
     return {k: statistics.median(v) for k, v in times.items()}
 
 
@@ -119,7 +120,7 @@ def copy_bandwidth(shapes: list[tuple[int, ...]], reps: int) -> float:
     src = [torch.randn(s) for s in shapes]
     dst = [torch.empty(s) for s in shapes]
     torch._foreach_copy_(dst, src)
-    times = [median_time(lambda: torch._foreach_copy_(dst, src)) for _ in range(max(reps, 5))]
+    times = [elapsed(lambda: torch._foreach_copy_(dst, src)) for _ in range(max(reps, 5))]
     return 2 * sum(t.numel() for t in src) * 4 / statistics.median(times)
 
 

@@ -15,9 +15,9 @@ import os
 import shlex
 import sys
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from . import __version__, tasks
 from .clip import VALID_FORMS as CLIP_FORMS
@@ -50,27 +50,25 @@ TASK_DEFAULTS: dict[str, Any] = {"optimizers": "adam,momentum", "clip": "none,gl
 EXIT_USAGE = 2
 EXIT_INTERRUPTED = 130
 
-
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"invalid value {text!r}: must be an integer >= 1") \
-            from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"invalid value {text!r}: must be an integer >= 1")
-    return value
+_Num = TypeVar("_Num", int, float)
 
 
-def _positive_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"invalid value {text!r}: must be a number > 0") \
-            from None
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"invalid value {text!r}: must be a number > 0")
-    return value
+def _positive(convert: Callable[[str], _Num], must: str) -> Callable[[str], _Num]:
+    """An argparse ``type``: ``convert(text)``, which must be > 0 (``must`` says so in words)."""
+    def parse(text: str) -> _Num:
+        try:
+            value: _Num | None = convert(text)
+        except ValueError:
+            value = None
+        if value is None or not value > 0:
+            raise argparse.ArgumentTypeError(f"invalid value {text!r}: must be {must}")
+        return value
+
+    return parse
+
+
+_positive_int = _positive(int, "an integer >= 1")
+_positive_float = _positive(float, "a number > 0")
 
 
 def _task_choices() -> str:
