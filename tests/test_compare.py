@@ -292,8 +292,9 @@ def test_lr_find_command(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> 
 
 
 def test_bench_command_prints_ratios(capsys: pytest.CaptureFixture[str]) -> None:
+    # --default-malloc: the steady allocator would change this test process for good.
     assert main(["bench", "--sizes", "0.2", "--optimizers", "adam,rmsprop", "--reps", "1",
-                 "--backend", "eager"]) == 0
+                 "--backend", "eager", "--default-malloc"]) == 0
     table = capsys.readouterr().out
     rows = [line for line in table.splitlines() if line.startswith("| adam ")
             or line.startswith("| rmsprop ")]
@@ -301,6 +302,50 @@ def test_bench_command_prints_ratios(capsys: pytest.CaptureFixture[str]) -> None
     ratios = [float(cell.strip().rstrip("×x")) for row in rows
               for cell in row.split("|")[1:-1] if cell.strip().endswith(("×", "x"))]
     assert ratios and all(math.isfinite(r) and r > 0 for r in ratios)
+
+
+def test_bench_training_table_has_both_zero_grad_modes(
+        capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["bench", "--train-only", "--reps", "1", "--default-malloc"]) == 0
+    out = capsys.readouterr().out
+    rows = [line for line in out.splitlines() if line.startswith("| torch ")
+            or line.startswith("| gradguard ")]
+    assert len(rows) == 4
+    for row in rows:
+        cells = [c.strip() for c in row.split("|")[1:-1]]
+        ms = [float(cells[1]), float(cells[3])]
+        ratios = [float(cells[2].rstrip("x")), float(cells[4].rstrip("x"))]
+        assert all(math.isfinite(v) and v > 0 for v in ms + ratios)
+        if cells[0].startswith("torch AdamW(fused=True), no clipping"):
+            assert ratios == [1.0, 1.0]  # the baseline of each column
+    assert out.count("faster; clipping adds to torch's unclipped step") == 2
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's mallopt")
+def test_steady_allocator_keeps_freed_gradients_in_the_process() -> None:
+    # In a child process: mallopt changes the whole process's allocator.
+    code = ("import resource, sys, torch\n"
+            "from gradguard.bench import steady_allocator\n"
+            "if sys.argv[1] == 'steady':\n"
+            "    assert steady_allocator()\n"
+            "def round():\n"
+            "    xs = [torch.ones(6_000_000) for _ in range(3)]\n"
+            "round(); round()\n"
+            "before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt\n"
+            "for _ in range(5):\n"
+            "    round()\n"
+            "print(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)\n")
+
+    def faults(mode: str) -> int:
+        out = subprocess.run([sys.executable, "-c", code, mode], capture_output=True,
+                             text=True, check=True).stdout
+        return int(out.split()[-1])
+
+    # Three 24 MB blocks freed at the top of the heap: glibc's default returns them to the OS
+    # (the next round page-faults them back in); the steady setting keeps them.
+    if faults("default") < 1000:
+        pytest.skip("this C library keeps freed blocks without being told")
+    assert faults("steady") < 100
 
 
 def test_user_task_by_module_function(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -16,6 +16,7 @@ norm (in training the norm is measured during backward; see ``--train``). ``--tr
 whole training step (forward, backward, clip, step) on a small transformer.
 
     gradguard bench                 # the full table (a few minutes on 2 cores)
+    gradguard bench --default-malloc    # without telling glibc to keep freed memory
     gradguard bench --sizes 25 --optimizers adamw,rmsprop --reps 5
     gradguard bench --sizes 5 --optimizers adam,rmsprop --backend foreach   # one backend
     python benchmarks/step.py ...   # the same
@@ -24,6 +25,7 @@ whole training step (forward, backward, clip, step) on a small transformer.
 from __future__ import annotations
 
 import argparse
+import ctypes
 import importlib
 import statistics
 import sys
@@ -167,8 +169,7 @@ def bench_optimizer(name: str, size_m: float, reps: int, bandwidth: float,
 
 
 def print_table(rows: list[Row], bandwidth: float) -> None:
-    print(f"\ncopy bandwidth (lowest size): {bandwidth / 1e9:.1f} GB/s; torch {torch.__version__}, "
-          f"{torch.get_num_threads()} threads\n")
+    print(f"\ncopy bandwidth (lowest size): {bandwidth / 1e9:.1f} GB/s\n")
     print("| optimizer | params | torch clip+step (ms) | torch step (ms) | gradguard clipped (ms) "
           "| floor (ms) | speed-up vs torch clip+step | vs torch unclipped | % of bandwidth "
           "| first step (s) |")
@@ -199,12 +200,17 @@ class TinyLM(nn.Module):
 
 
 def bench_training(reps: int) -> None:
+    """Time a whole training step of :class:`TinyLM` (forward, backward, clip, step) for torch
+    and gradguard, with and without clipping, under both ``zero_grad`` modes: torch's default
+    (``set_to_none=True``: backward hands each parameter a fresh gradient) and
+    ``set_to_none=False`` (backward adds into the kept buffers, one more read and write of
+    every gradient before its hook fires)."""
     torch.manual_seed(0)
     data = torch.randint(0, 32_000, (2, 32))
     target = torch.randint(0, 32_000, (2, 32))
     loss_fn = nn.CrossEntropyLoss()
 
-    def make(kind: str) -> tuple[nn.Module, Callable[[], None]]:
+    def make(kind: str, set_to_none: bool) -> Callable[[], None]:
         torch.manual_seed(0)
         model = TinyLM()
         if kind.startswith("gradguard"):
@@ -215,36 +221,45 @@ def bench_training(reps: int) -> None:
         params = list(model.parameters())
 
         def step() -> None:
-            opt.zero_grad(set_to_none=False)  # keeps gradient buffers: less allocator noise
+            opt.zero_grad(set_to_none=set_to_none)
             out = model(data)
             loss_fn(out.view(-1, out.shape[-1]), target.view(-1)).backward()
             if kind == "torch_clip":
                 nn.utils.clip_grad_norm_(params, 1.0, foreach=True)
             opt.step()
 
-        return model, step
+        return step
 
     kinds = ("torch_step", "torch_clip", "gradguard", "gradguard_noclip")
-    variants = {k: make(k)[1] for k in kinds}
+    meds: dict[bool, dict[str, float]] = {}
+    for set_to_none in (True, False):
+        variants = {k: make(k, set_to_none) for k in kinds}
+        for fn in variants.values():
+            fn()
+            fn()
+        meds[set_to_none] = interleaved_medians(variants, reps)
+        del variants
     n = sum(p.numel() for p in TinyLM().parameters())
-    for fn in variants.values():
-        fn()
-        fn()
-    med = interleaved_medians(variants, reps)
     print(f"\ntraining step (forward, backward, clip, step), TinyLM {n / 1e6:.1f}M params, "
           f"batch 2x32 tokens, AdamW, median of {reps}:\n")
-    print("| variant | ms | vs torch unclipped fused AdamW |")
-    print("|---|---|---|")
+    print("| variant | ms, zero_grad() | vs torch unclipped | ms, zero_grad(set_to_none=False) "
+          "| vs torch unclipped |")
+    print("|---|---|---|---|---|")
     names = {"torch_step": "torch AdamW(fused=True), no clipping",
              "torch_clip": "torch clip_grad_norm_ + AdamW(fused=True)",
              "gradguard": "gradguard AdamW(clip='global_norm:1.0')",
              "gradguard_noclip": "gradguard AdamW, no clipping (the guard still reads norms)"}
-    for k in variants:
-        print(f"| {names[k]} | {med[k] * 1e3:.1f} | {med[k] / med['torch_step']:.3f}x |")
-    print(f"\ngradguard vs torch clip_grad_norm_ + fused AdamW: "
-          f"{med['torch_clip'] / med['gradguard']:.2f}x faster; what clipping adds to torch's "
-          f"unclipped step: torch {(med['torch_clip'] - med['torch_step']) * 1e3:.1f} ms, "
-          f"gradguard {(med['gradguard'] - med['torch_step']) * 1e3:.1f} ms")
+    for k in kinds:
+        cells = [f"{med[k] * 1e3:.1f} | {med[k] / med['torch_step']:.3f}x"
+                 for med in meds.values()]
+        print(f"| {names[k]} | {' | '.join(cells)} |")
+    print()
+    for set_to_none, med in meds.items():
+        mode = "zero_grad()" if set_to_none else "zero_grad(set_to_none=False)"
+        print(f"{mode}: gradguard vs torch clip_grad_norm_ + fused AdamW "
+              f"{med['torch_clip'] / med['gradguard']:.2f}x faster; clipping adds to torch's "
+              f"unclipped step: torch {(med['torch_clip'] - med['torch_step']) * 1e3:.1f} ms, "
+              f"gradguard {(med['gradguard'] - med['torch_step']) * 1e3:.1f} ms")
 
 
 def add_arguments(ap: argparse.ArgumentParser) -> None:
@@ -259,6 +274,10 @@ def add_arguments(ap: argparse.ArgumentParser) -> None:
                          "eager: the per-tensor reference")
     ap.add_argument("--train", action="store_true", help="also time a whole training step")
     ap.add_argument("--train-only", action="store_true", help="only the training step")
+    ap.add_argument("--default-malloc", action="store_true",
+                    help="leave the C library's allocator as it is; by default glibc is told to "
+                         "keep freed memory, so neither torch nor gradguard page-faults when it "
+                         "allocates temporaries or gradients again (see steady_allocator)")
 
 
 def run(args: argparse.Namespace, ap: argparse.ArgumentParser) -> int:
@@ -277,6 +296,9 @@ def run(args: argparse.Namespace, ap: argparse.ArgumentParser) -> int:
                  "millions of parameters, e.g. 25,100")
     if args.reps < 1:
         ap.error(f"invalid --reps {args.reps}; must be >= 1")
+    steady = not args.default_malloc and steady_allocator()
+    print(f"malloc: {'steady (glibc mallopt: freed memory is kept)' if steady else 'as is'}; "
+          f"torch {torch.__version__}, {torch.get_num_threads()} threads")
     if not args.train_only:
         rows = []
         bandwidths = []
@@ -290,6 +312,25 @@ def run(args: argparse.Namespace, ap: argparse.ArgumentParser) -> int:
     if args.train or args.train_only:
         bench_training(args.reps)
     return 0
+
+
+def steady_allocator() -> bool:
+    """Tell glibc's ``malloc`` to keep freed memory in the process (no heap trimming, a fixed
+    32 MiB mmap threshold), as jemalloc or tcmalloc would. By default glibc may hand a freed
+    block back to the OS, and the next allocation of it page-faults it in again: torch's
+    multi-tensor optimizers allocate full-size temporaries every step (NAdam ran 1.4-2.4x slower
+    for it), and a fresh 32 MB gradient costs 8,000 faults, at random rounds and for random
+    variants, which swamped the training-step comparison. Applies to every variant alike;
+    ``--default-malloc`` measures without it. False where there is no glibc ``mallopt``."""
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        mallopt = ctypes.CDLL(None).mallopt
+    except (OSError, AttributeError):
+        return False
+    m_trim_threshold, m_mmap_threshold = -1, -3
+    return bool(mallopt(m_mmap_threshold, 32 << 20)) and bool(
+        mallopt(m_trim_threshold, 2**31 - 1))
 
 
 def main(argv: list[str] | None = None) -> int:
