@@ -37,6 +37,7 @@ from torch._dynamo.utils import counters as dynamo_counters
 import gradguard
 from gradguard import rules
 from gradguard.optim import _backends, _base, _foreach
+from gradguard.optim._backends import update_tensors
 from gradguard.optim._foreach import TensorList, update_foreach
 from helpers import assert_tree_equal, count_host_reads, snapshot, wrap_counting
 from optim_table import TABLE, OptimizerEntry
@@ -422,7 +423,8 @@ def test_foreach_tensor_lr_matches_eager(
 
 def test_foreach_calls_the_rule_once_per_bucket() -> None:
     """Multi-tensor: one call of the rule per (device, dtype, rank, state layout) bucket, with
-    TensorLists, not one per tensor."""
+    TensorLists, not one per tensor; the results are the per-tensor reference's, bit for
+    bit."""
     calls: list[tuple[int, int]] = []
 
     def counting_rule(param: Any, grad: Any, state: Any, **kw: Any) -> Any:
@@ -431,9 +433,12 @@ def test_foreach_calls_the_rule_once_per_bucket() -> None:
         return rules.adam(param, grad, state, **kw)
 
     shapes = ((4, 3), (3,), (5, 2), (2,), (2, 2, 2), (6,))
-    params = [torch.randn(s) for s in shapes] + [torch.randn(3, dtype=torch.float64)]
+    params = ([torch.randn(s) for s in shapes] + [torch.randn(3, dtype=torch.float64)]
+              + [torch.randn(4, 3).t()])  # not contiguous
     states = [{"step": torch.zeros(()), "exp_avg": torch.zeros_like(p),
                "exp_avg_sq": torch.zeros_like(p)} for p in params]
+    reference = [(p.clone(), {k: v.clone() for k, v in st.items()})
+                 for p, st in zip(params, states, strict=True)]
     grads = [torch.randn_like(p) for p in params]
     hparams = {"betas": (0.9, 0.999), "eps": 1e-8, "weight_decay": 0.0, "amsgrad": False,
                "maximize": False, "decoupled_weight_decay": False}
@@ -441,8 +446,13 @@ def test_foreach_calls_the_rule_once_per_bucket() -> None:
     n = len(params)
     update_foreach(counting_rule, params, grads, states, [None] * n, None, [None] * n, None,
                    1e-2, hparams)
-    assert sorted(calls) == [(1, 1), (1, 3), (2, 2), (3, 1)]
+    assert sorted(calls) == [(1, 1), (1, 3), (3, 1), (3, 2)]
     assert all(not torch.equal(p, b) for p, b in zip(params, before, strict=True))
+    for p, (ref_p, ref_st), g, st in zip(params, reference, grads, states, strict=True):
+        update_tensors(rules.adam, [ref_p], [g], [ref_st], [None], None, [None], None, 1e-2,
+                       hparams)  # the per-tensor reference, in the tensor's own shape
+        assert torch.equal(p, ref_p) and p.shape == ref_p.shape
+        assert all(torch.equal(st[k], ref_st[k]) for k in st)
     # a skipped step changes nothing, bitwise, even where the new values would be NaN
     after = [p.clone() for p in params]
     grads[0][0, 0] = float("nan")
@@ -546,6 +556,55 @@ def test_tensorlist_unary_ops_match_per_tensor(name: str, op: Callable[[Any], An
     for t, got in zip(x, result, strict=True):
         want = op(t)
         assert got.dtype == want.dtype and torch.equal(got, want), (name, got, want)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float64],
+                         ids=["fp32", "bf16", "fp64"])
+@pytest.mark.parametrize("operands", ["0d-0d", "0d-number", "number-0d", "0d-tensor",
+                                      "tensor-0d", "0d-tensor64", "0d-int"])
+@pytest.mark.parametrize(("name", "op"), TL_BINARY, ids=[n for n, _ in TL_BINARY])
+def test_tensorlist_of_0d_tensors_matches_per_tensor(
+    name: str, op: Callable[[Any, Any], Any], operands: str, dtype: torch.dtype
+) -> None:
+    """Lists of 0-d tensors (step counts, coefficients) are held as one vector for the exactly
+    rounded ops: the values and dtypes are still bitwise those of the op tensor by tensor,
+    including type promotion against a 0-d tensor of another dtype, and the result, used
+    again (against full tensors too), still matches."""
+    a0 = _tl((), (), (), dtype=dtype)
+    b0 = _tl((), (), (), seed=1, dtype=dtype)
+    forms: dict[str, tuple[Any, Any]] = {
+        "0d-0d": (a0, b0), "0d-number": (a0, 0.3), "number-0d": (0.3, a0),
+        "0d-tensor": (a0, torch.tensor(0.75, dtype=dtype)),
+        "tensor-0d": (torch.tensor(0.75, dtype=dtype), a0),
+        "0d-tensor64": (a0, torch.tensor(0.75, dtype=torch.float64)), "0d-int": (a0, 2),
+    }
+    a, b = forms[operands]
+    if name in ("maximum", "minimum") and operands in ("0d-number", "number-0d", "0d-int"):
+        pytest.skip("torch.maximum takes tensors only")
+    if name == "lerp" and (operands.startswith(("number", "tensor"))
+                           or operands in ("0d-tensor64", "0d-int")):
+        pytest.skip("lerp's start is a tensor; a tensor weight must have the input's dtype")
+
+    def item(x: Any, i: int) -> Any:
+        return x.items[i] if isinstance(x, TensorList) else x
+
+    result = op(a, b)
+    assert isinstance(result, TensorList) and len(result) == 3
+    wants = [op(item(a, i), item(b, i)) for i in range(3)]
+    for got, want in zip(result, wants, strict=True):
+        assert got.dtype == want.dtype and got.shape == want.shape, (got, want)
+        assert torch.equal(got, want), (got, want)
+    if name in ("add", "sub", "mul", "div") and operands != "0d-tensor64":
+        assert isinstance(result._vec, torch.Tensor), "expected one op over a vector"
+    # used again, against itself and against full tensors
+    full = _tl((3, 4), (5,), (2, 2), seed=3, dtype=dtype)
+    if result.dtype.is_floating_point:
+        again = (result * 2 - result) / (result + 1.5)
+        mixed = full * again + (again * again).sqrt()
+        for i, (g1, g2) in enumerate(zip(again, mixed, strict=True)):
+            w1 = (wants[i] * 2 - wants[i]) / (wants[i] + 1.5)
+            assert torch.equal(g1, w1), (g1, w1)
+            assert torch.equal(g2, full.items[i] * w1 + (w1 * w1).sqrt())
 
 
 def test_tensorlist_unmapped_operations_fail_loudly() -> None:

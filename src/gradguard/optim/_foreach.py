@@ -47,6 +47,9 @@ MAX_NUMEL = 1 << 24
 
 # _foreach_* binary ops with an overload taking one (0-d) tensor as the other operand
 _TENSOR_OVERLOAD = frozenset({"add", "mul", "div"})
+# Exactly rounded binary ops: one op over a vector gives the per-tensor values bit for bit
+# (``pow`` does not: its vectorized kernel may differ from the scalar one in the last bit)
+_EXACT = frozenset({"add", "sub", "mul", "div"})
 
 
 def _is_number(x: object) -> bool:
@@ -68,15 +71,69 @@ class TensorList:
     tensor: comparisons, ``& | ~``, ``torch.where``, ``ones_like``/``zeros_like``, ``.to``.
     """
 
-    __slots__ = ("items",)
+    __slots__ = ("_items", "_vec")
 
     def __init__(self, items: Iterable[Tensor]) -> None:
-        self.items: list[Tensor] = list(items)
-        if not self.items:
+        self._items: list[Tensor] | None = list(items)
+        self._vec: Tensor | bool | None = None  # None: not tried yet; False: not stackable
+        if not self._items:
             raise ValueError("Invalid items: a TensorList needs at least one tensor")
 
+    @classmethod
+    def _of_vector(cls, vec: Tensor) -> TensorList:
+        """A list of 0-d tensors held as one 1-D tensor (see :meth:`_vector`)."""
+        out = cls.__new__(cls)
+        out._items = None
+        out._vec = vec
+        return out
+
+    @property
+    def items(self) -> list[Tensor]:
+        """The tensors (0-d views of the vector, for a list held as one)."""
+        if self._items is None:
+            assert isinstance(self._vec, Tensor)
+            self._items = list(self._vec.unbind(0))
+        return self._items
+
+    def _vector(self) -> Tensor | None:
+        """The items as one 1-D tensor when they are all 0-d of one dtype and device (the
+        per-tensor step counts and coefficients), else None. Arithmetic among such lists then
+        costs one op instead of one per tensor; only exactly rounded ops take this path, so
+        the values are those of the per-tensor ops bit for bit."""
+        if self._vec is None:
+            items = self.items
+            t0 = items[0]
+            same = all(t.dim() == 0 and t.dtype == t0.dtype and t.device == t0.device
+                       for t in items)
+            self._vec = torch.stack(items) if same else False
+        return self._vec if isinstance(self._vec, Tensor) else None
+
+    def _vector_with(self, other: Any) -> tuple[Tensor, Any] | None:
+        """``(vector, operand)`` for an exactly rounded op of this list of 0-d tensors with
+        ``other``: a Python number, a 0-d tensor of the same dtype and device, or another such
+        list. None where the op must go tensor by tensor (also where type promotion between
+        0-d tensors and a 1-D one would differ)."""
+        vec = self._vector()
+        if vec is None:
+            return None
+        if _is_number(other):
+            return vec, other
+        if isinstance(other, TensorList):
+            ovec = other._vector()
+            if ovec is not None and len(ovec) == len(vec) and ovec.dtype == vec.dtype \
+                    and ovec.device == vec.device:
+                return vec, ovec
+            return None
+        if isinstance(other, Tensor) and other.dim() == 0 and other.dtype == vec.dtype \
+                and other.device == vec.device:
+            return vec, other
+        return None
+
     def __len__(self) -> int:
-        return len(self.items)
+        if self._items is None:
+            assert isinstance(self._vec, Tensor)
+            return len(self._vec)
+        return len(self._items)
 
     def __iter__(self) -> Iterator[Tensor]:
         return iter(self.items)
@@ -125,24 +182,36 @@ class TensorList:
         return dim
 
     def to(self, *args: Any, **kwargs: Any) -> TensorList:
-        """``Tensor.to`` on every item (a loop: torch has no multi-tensor cast)."""
+        """``Tensor.to`` on every item (a loop: torch has no multi-tensor cast; one cast for a
+        list of 0-d tensors)."""
+        vec = self._vector()
+        if vec is not None:
+            return TensorList._of_vector(vec.to(*args, **kwargs))
         return TensorList([t.to(*args, **kwargs) for t in self.items])
 
     # -- unary -----------------------------------------------------------------------------
+    def _unary(self, name: str) -> TensorList:
+        """``torch.<name>`` on every item: one op for a list of 0-d tensors (these ops are
+        exactly rounded, the same values as per tensor), else ``torch._foreach_<name>``."""
+        vec = self._vector()
+        if vec is not None:
+            return TensorList._of_vector(getattr(torch, name)(vec))
+        return TensorList(getattr(torch, f"_foreach_{name}")(self.items))
+
     def sqrt(self) -> TensorList:
-        return TensorList(torch._foreach_sqrt(self.items))
+        return self._unary("sqrt")
 
     def abs(self) -> TensorList:
-        return TensorList(torch._foreach_abs(self.items))
+        return self._unary("abs")
 
     def sign(self) -> TensorList:
-        return TensorList(torch._foreach_sign(self.items))
+        return self._unary("sign")
 
     def reciprocal(self) -> TensorList:
-        return TensorList(torch._foreach_reciprocal(self.items))
+        return self._unary("reciprocal")
 
     def __neg__(self) -> TensorList:
-        return TensorList(torch._foreach_neg(self.items))
+        return self._unary("neg")
 
     def __invert__(self) -> TensorList:
         return TensorList([~t for t in self.items])
@@ -158,7 +227,12 @@ class TensorList:
         return [other] * len(self)
 
     def _foreach(self, name: str, other: Any) -> TensorList:
-        """``self <name> other`` through ``torch._foreach_<name>``."""
+        """``self <name> other`` through ``torch._foreach_<name>`` (one op, for lists of 0-d
+        tensors and the exactly rounded ``add sub mul div``)."""
+        if name in _EXACT:
+            pair = self._vector_with(other)
+            if pair is not None:
+                return TensorList._of_vector(getattr(torch, name)(*pair))
         fn = getattr(torch, f"_foreach_{name}")
         if _is_number(other):
             return TensorList(fn(self.items, other))
@@ -179,6 +253,9 @@ class TensorList:
         ``number * tensor``; a tensor stays on the left: for a low-precision ``self`` a 0-d
         float32 tensor on the right is applied in float32, on the left it is rounded first."""
         if isinstance(other, Tensor):
+            pair = self._vector_with(other) if name in _EXACT else None
+            if pair is not None:
+                return TensorList._of_vector(getattr(torch, name)(other, pair[0]))
             fn = getattr(torch, f"_foreach_{name}")
             return TensorList(fn([other] * len(self), self.items))
         return self._foreach(name, other)
@@ -201,6 +278,10 @@ class TensorList:
         return self._foreach("sub", other)
 
     def __rsub__(self, other: Any) -> TensorList:
+        pair = self._vector_with(other)
+        if pair is not None:
+            return TensorList._of_vector(torch.sub(pair[1], pair[0]) if isinstance(pair[1], Tensor)
+                                         else torch.rsub(pair[0], pair[1]))
         if _is_number(other):
             # number - x == (-x) + number exactly (IEEE subtraction adds the negation)
             return TensorList(torch._foreach_add(torch._foreach_neg(self.items), other))
@@ -218,6 +299,10 @@ class TensorList:
         return self._foreach("div", other)
 
     def __rtruediv__(self, other: Any) -> TensorList:
+        pair = self._vector_with(other)
+        if pair is not None:
+            # as ``number / tensor`` itself computes it (torch: ``reciprocal() * number``)
+            return TensorList._of_vector(operator.truediv(pair[1], pair[0]))
         if _is_number(other):  # no multi-tensor op divides a number by tensors exactly
             return self._loop(operator.truediv, other, reflected=True)
         if isinstance(other, Tensor | TensorList):
@@ -430,11 +515,12 @@ def _scaled(grads: list[Tensor], scales: list[Tensor]) -> list[Tensor]:
                                                                           strict=True)]))
 
 
-def _results(value: Any, n: int, what: str) -> list[Tensor]:
+def _results(value: Any, n: int, what: str) -> TensorList:
+    """``value`` (what the rule returned for ``what``), checked to be ``n`` tensors."""
     if not isinstance(value, TensorList) or len(value) != n:
         raise TypeError(f"the update rule returned {type(value).__name__} for {what}; expected "
                         f"a TensorList of {n} tensors")
-    return value.items
+    return value
 
 
 def update_foreach(
@@ -481,13 +567,31 @@ def update_foreach(
         fresh_tl = TensorList([f for f in fr if f is not None]) if fr[0] is not None else None
         new_p, new_state = rule(TensorList(ps), TensorList(gs), state_tl, lr=lr,
                                 fresh=fresh_tl, **hparams)
-        dst = list(ps)
-        src = list(_results(new_p, len(idx), "the parameters"))
-        for name, value in new_state.items():
-            dst += [st[name] for st in sts]
-            src += _results(value, len(idx), f"state {name!r}")
         if skip is None:
+            dst = list(ps)
+            src = list(_results(new_p, len(idx), "the parameters").items)
+            for name, value in new_state.items():
+                dst += [st[name] for st in sts]
+                src += _results(value, len(idx), f"state {name!r}").items
             torch._foreach_copy_(dst, src)
-        else:  # as _core.commit: the old value wherever the step is skipped, NaN or not
-            torch._foreach_copy_(dst, [torch.where(skip, d, s) for d, s in zip(dst, src,
-                                                                                strict=True)])
+        else:
+            _commit_unless(skip, ps, new_p, "the parameters")
+            for name, value in new_state.items():
+                _commit_unless(skip, [st[name] for st in sts], value, f"state {name!r}")
+
+
+def _commit_unless(skip: Tensor, dst: list[Tensor], value: Any, what: str) -> None:
+    """As :func:`gradguard.optim._core.commit`: ``dst`` takes ``value``'s tensors, or keeps its
+    old values, bit for bit (NaN or not), where ``skip`` is true. In place where the shapes and
+    dtypes agree; 0-d state (step counts) held as one vector goes through one ``where``."""
+    src = _results(value, len(dst), what)
+    vec = src._vector() if dst[0].dim() == 0 else None
+    if vec is not None and all(d.dim() == 0 and d.dtype == vec.dtype for d in dst):
+        kept = torch.where(skip, torch.stack(dst), vec)
+        torch._foreach_copy_(dst, list(kept.unbind(0)))
+        return
+    for d, s in zip(dst, src.items, strict=True):
+        if d.dtype == s.dtype and d.shape == s.shape:
+            torch.where(skip, d, s, out=d)  # in place: no temporary, no second pass
+        else:
+            d.copy_(torch.where(skip, d, s))
