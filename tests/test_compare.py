@@ -239,6 +239,7 @@ def test_interrupted_sweep_resumes_without_retraining(tmp_path: Path) -> None:
     (["lr-find", "--optimizer", "adamm"], "invalid choice: 'adamm'"),
     (["lr-find", "--start-lr", "1", "--end-lr", "0.1"], "must be below --end-lr"),
     (["bench", "--optimizers", "adamm"], "valid choices: sgd, adam"),
+    (["bench", "--width", "0"], "invalid --width 0; must be >= 1"),
     (["report", "/nonexistent/folder"], "no readable sweep.json"),
     (["frobnicate"], "invalid choice: 'frobnicate'"),
 ])
@@ -302,6 +303,16 @@ def test_bench_command_prints_ratios(capsys: pytest.CaptureFixture[str]) -> None
     ratios = [float(cell.strip().rstrip("×x")) for row in rows
               for cell in row.split("|")[1:-1] if cell.strip().endswith(("×", "x"))]
     assert ratios and all(math.isfinite(r) and r > 0 for r in ratios)
+
+
+def test_bench_width_gives_a_model_of_many_small_tensors(
+        capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["bench", "--sizes", "0.2", "--width", "64", "--optimizers", "rmsprop",
+                 "--reps", "1", "--default-malloc"]) == 0
+    out = capsys.readouterr().out
+    assert "transformer blocks of width 64: 60 tensors at 0.2M parameters" in out
+    rows = [line for line in out.splitlines() if line.startswith("| rmsprop ")]
+    assert len(rows) == 1 and rows[0].split("|")[2].strip() == "0.25M"
 
 
 def test_bench_training_table_has_both_zero_grad_modes(

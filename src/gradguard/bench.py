@@ -18,6 +18,7 @@ whole training step (forward, backward, clip, step) on a small transformer.
     gradguard bench                 # the full table (a few minutes on 2 cores)
     gradguard bench --default-malloc    # without telling glibc to keep freed memory
     gradguard bench --sizes 25 --optimizers adamw,rmsprop --reps 5
+    gradguard bench --sizes 0.2 --width 64    # a small model: 60 small tensors
     gradguard bench --sizes 5 --optimizers adam,rmsprop --backend foreach   # one backend
     python benchmarks/step.py ...   # the same
 """
@@ -139,9 +140,9 @@ class Row:
 
 
 def bench_optimizer(name: str, size_m: float, reps: int, bandwidth: float,
-                    backend: str = "auto") -> Row:
+                    backend: str = "auto", width: int = 1024) -> Row:
     cls_name, kwargs, nbytes = OPTIMIZERS[name]
-    shapes = transformer_shapes(size_m * 1e6)
+    shapes = transformer_shapes(size_m * 1e6, width)
     ours_p = make_params(shapes, 0)
     n = sum(p.numel() for p in ours_p)
     ours = getattr(optim, cls_name)(ours_p, clip="global_norm:1.0", backend=backend,
@@ -175,7 +176,7 @@ def print_table(rows: list[Row], bandwidth: float) -> None:
           "| first step (s) |")
     print("|---|---|---|---|---|---|---|---|---|---|")
     for r in rows:
-        print(f"| {r.name} | {r.size_m:.0f}M | {r.torch_clip * 1e3:.1f} | "
+        print(f"| {r.name} | {r.size_m:.3g}M | {r.torch_clip * 1e3:.1f} | "
               f"{r.torch_step * 1e3:.1f} | {r.ours * 1e3:.1f} | {r.floor * 1e3:.1f} | "
               f"{r.torch_clip / r.ours:.2f}x | {r.ours / r.torch_step:.2f}x | "
               f"{100 * r.floor / r.ours:.0f}% | {r.compile_s:.1f} |")
@@ -269,6 +270,10 @@ def add_arguments(ap: argparse.ArgumentParser) -> None:
     ap.add_argument("--optimizers", default=",".join(OPTIMIZERS),
                     help="comma-separated, from: " + ",".join(OPTIMIZERS))
     ap.add_argument("--reps", type=int, default=10, help="repetitions per variant (10)")
+    ap.add_argument("--width", type=int, default=1024,
+                    help="width of the transformer blocks the shapes come from (1024); a small "
+                         "width gives many small tensors, where per-tensor costs show "
+                         "(e.g. --sizes 0.2 --width 64: 60 tensors)")
     ap.add_argument("--backend", default="auto", choices=list(BACKENDS),
                     help="gradguard's backend (auto); foreach: the multi-tensor eager path, "
                          "eager: the per-tensor reference")
@@ -296,6 +301,8 @@ def run(args: argparse.Namespace, ap: argparse.ArgumentParser) -> int:
                  "millions of parameters, e.g. 25,100")
     if args.reps < 1:
         ap.error(f"invalid --reps {args.reps}; must be >= 1")
+    if args.width < 1:
+        ap.error(f"invalid --width {args.width}; must be >= 1")
     steady = not args.default_malloc and steady_allocator()
     print(f"malloc: {'steady (glibc mallopt: freed memory is kept)' if steady else 'as is'}; "
           f"torch {torch.__version__}, {torch.get_num_threads()} threads")
@@ -303,11 +310,15 @@ def run(args: argparse.Namespace, ap: argparse.ArgumentParser) -> int:
         rows = []
         bandwidths = []
         for size in sizes:
-            bandwidth = copy_bandwidth(transformer_shapes(size * 1e6), args.reps)
+            bandwidth = copy_bandwidth(transformer_shapes(size * 1e6, args.width), args.reps)
             bandwidths.append(bandwidth)
             for name in names:
                 print(f"  {name} {size:g}M ...", file=sys.stderr, flush=True)
-                rows.append(bench_optimizer(name, size, args.reps, bandwidth, args.backend))
+                rows.append(bench_optimizer(name, size, args.reps, bandwidth, args.backend,
+                                            args.width))
+        print(f"\ntransformer blocks of width {args.width}: "
+              f"{len(transformer_shapes(sizes[0] * 1e6, args.width))} tensors at "
+              f"{sizes[0]:g}M parameters")
         print_table(rows, min(bandwidths))
     if args.train or args.train_only:
         bench_training(args.reps)
