@@ -501,15 +501,25 @@ TL_BINARY: list[tuple[str, Callable[[Any, Any], Any]]] = [
 ]
 
 
-@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
-@pytest.mark.parametrize("operands", ["list-list", "list-0d", "0d-list", "list-number",
-                                      "number-list", "tensor-list", "list-tensor"])
+# Operand forms: a list of full and 0-d tensors, a list of 0-d tensors only (step counts,
+# coefficients: held as one vector for the exactly rounded ops), a shared 0-d tensor or number
+TL_FORMS = ["list-list", "list-0d", "0d-list", "list-number", "number-list", "tensor-list",
+            "list-tensor", "0d-0d", "0d-number", "number-0d", "0d-tensor", "tensor-0d",
+            "0d-tensor64", "0d-int"]
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float64],
+                         ids=["fp32", "bf16", "fp64"])
+@pytest.mark.parametrize("operands", TL_FORMS)
 @pytest.mark.parametrize(("name", "op"), TL_BINARY, ids=[n for n, _ in TL_BINARY])
 def test_tensorlist_binary_ops_match_per_tensor(
     name: str, op: Callable[[Any, Any], Any], operands: str, dtype: torch.dtype
 ) -> None:
     """Every binary operation, every operand form: bitwise what the op gives tensor by tensor
-    (0-d items broadcast against full ones; a tensor or number operand is shared)."""
+    (0-d items broadcast against full ones; a tensor or number operand is shared), dtypes
+    included (type promotion against a 0-d tensor of another dtype too). A list of 0-d
+    tensors does the exactly rounded ops as one op over a vector, and its result, used again
+    (against full tensors too), still matches."""
     full = _tl((3, 4), (5,), (), dtype=dtype)
     zero_d = _tl((), (), (), seed=1, dtype=dtype)
     scalar_t = torch.tensor(0.75)  # float32: a tensor lr or beta
@@ -518,12 +528,18 @@ def test_tensorlist_binary_ops_match_per_tensor(
         "list-0d": (full, zero_d), "0d-list": (zero_d, full),
         "list-number": (full, 0.3), "number-list": (0.3, full),
         "tensor-list": (scalar_t, full), "list-tensor": (full, scalar_t),
+        "0d-0d": (zero_d, _tl((), (), (), seed=2, dtype=dtype)),
+        "0d-number": (zero_d, 0.3), "number-0d": (0.3, zero_d),
+        "0d-tensor": (zero_d, scalar_t.to(dtype)), "tensor-0d": (scalar_t.to(dtype), zero_d),
+        "0d-tensor64": (zero_d, scalar_t.double()), "0d-int": (zero_d, 2),
     }
     a, b = forms[operands]
-    if name in ("maximum", "minimum") and "number" in operands:
+    numbers = ("list-number", "number-list", "0d-number", "number-0d", "0d-int")
+    if name in ("maximum", "minimum") and operands in numbers:
         pytest.skip("torch.maximum takes tensors only")
-    if name == "lerp" and (operands.startswith(("number", "tensor")) or
-                           (operands == "list-tensor" and dtype != torch.float32)):
+    if name == "lerp" and (operands.startswith(("number", "tensor")) or operands == "0d-int"
+                           or (operands in ("list-tensor", "0d-tensor64")
+                               and dtype != torch.float32)):
         pytest.skip("lerp's start is a tensor; a tensor weight must have the input's dtype")
 
     def item(x: Any, i: int) -> Any:
@@ -532,10 +548,22 @@ def test_tensorlist_binary_ops_match_per_tensor(
     result = op(a, b)
     assert isinstance(result, TensorList), type(result)
     assert len(result) == 3
-    for i, got in enumerate(result):
-        want = op(item(a, i), item(b, i))
+    wants = [op(item(a, i), item(b, i)) for i in range(3)]
+    for i, (got, want) in enumerate(zip(result, wants, strict=True)):
         assert got.dtype == want.dtype and got.shape == want.shape, (i, got, want)
         assert torch.equal(got, want), (i, got, want)
+    all_0d = "list" not in operands
+    if not all_0d:
+        return
+    if name in ("add", "sub", "mul", "div") and operands != "0d-tensor64":
+        assert isinstance(result._vec, torch.Tensor), "expected one op over a vector"
+    if result.dtype.is_floating_point:
+        again = (result * 2 - result) / (result + 1.5)
+        mixed = full * again + (again * again).sqrt()
+        for i, (g1, g2) in enumerate(zip(again, mixed, strict=True)):
+            w1 = (wants[i] * 2 - wants[i]) / (wants[i] + 1.5)
+            assert torch.equal(g1, w1), (g1, w1)
+            assert torch.equal(g2, full.items[i] * w1 + (w1 * w1).sqrt())
 
 
 @pytest.mark.parametrize(
@@ -556,55 +584,6 @@ def test_tensorlist_unary_ops_match_per_tensor(name: str, op: Callable[[Any], An
     for t, got in zip(x, result, strict=True):
         want = op(t)
         assert got.dtype == want.dtype and torch.equal(got, want), (name, got, want)
-
-
-@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float64],
-                         ids=["fp32", "bf16", "fp64"])
-@pytest.mark.parametrize("operands", ["0d-0d", "0d-number", "number-0d", "0d-tensor",
-                                      "tensor-0d", "0d-tensor64", "0d-int"])
-@pytest.mark.parametrize(("name", "op"), TL_BINARY, ids=[n for n, _ in TL_BINARY])
-def test_tensorlist_of_0d_tensors_matches_per_tensor(
-    name: str, op: Callable[[Any, Any], Any], operands: str, dtype: torch.dtype
-) -> None:
-    """Lists of 0-d tensors (step counts, coefficients) are held as one vector for the exactly
-    rounded ops: the values and dtypes are still bitwise those of the op tensor by tensor,
-    including type promotion against a 0-d tensor of another dtype, and the result, used
-    again (against full tensors too), still matches."""
-    a0 = _tl((), (), (), dtype=dtype)
-    b0 = _tl((), (), (), seed=1, dtype=dtype)
-    forms: dict[str, tuple[Any, Any]] = {
-        "0d-0d": (a0, b0), "0d-number": (a0, 0.3), "number-0d": (0.3, a0),
-        "0d-tensor": (a0, torch.tensor(0.75, dtype=dtype)),
-        "tensor-0d": (torch.tensor(0.75, dtype=dtype), a0),
-        "0d-tensor64": (a0, torch.tensor(0.75, dtype=torch.float64)), "0d-int": (a0, 2),
-    }
-    a, b = forms[operands]
-    if name in ("maximum", "minimum") and operands in ("0d-number", "number-0d", "0d-int"):
-        pytest.skip("torch.maximum takes tensors only")
-    if name == "lerp" and (operands.startswith(("number", "tensor"))
-                           or operands in ("0d-tensor64", "0d-int")):
-        pytest.skip("lerp's start is a tensor; a tensor weight must have the input's dtype")
-
-    def item(x: Any, i: int) -> Any:
-        return x.items[i] if isinstance(x, TensorList) else x
-
-    result = op(a, b)
-    assert isinstance(result, TensorList) and len(result) == 3
-    wants = [op(item(a, i), item(b, i)) for i in range(3)]
-    for got, want in zip(result, wants, strict=True):
-        assert got.dtype == want.dtype and got.shape == want.shape, (got, want)
-        assert torch.equal(got, want), (got, want)
-    if name in ("add", "sub", "mul", "div") and operands != "0d-tensor64":
-        assert isinstance(result._vec, torch.Tensor), "expected one op over a vector"
-    # used again, against itself and against full tensors
-    full = _tl((3, 4), (5,), (2, 2), seed=3, dtype=dtype)
-    if result.dtype.is_floating_point:
-        again = (result * 2 - result) / (result + 1.5)
-        mixed = full * again + (again * again).sqrt()
-        for i, (g1, g2) in enumerate(zip(again, mixed, strict=True)):
-            w1 = (wants[i] * 2 - wants[i]) / (wants[i] + 1.5)
-            assert torch.equal(g1, w1), (g1, w1)
-            assert torch.equal(g2, full.items[i] * w1 + (w1 * w1).sqrt())
 
 
 def test_tensorlist_unmapped_operations_fail_loudly() -> None:
