@@ -645,8 +645,10 @@ def test_native_matches_eager(
     assert counts["eager"] == STEPS
 
 
-# Settings the fused kernels cannot do exactly: dampening (torch's fused SGD clones the first
-# gradient into the buffer), per-tensor / unit-wise scales (Norm, AGC) and a value clamp.
+# Settings the fused kernels cannot take as their grad_scale: dampening (torch's fused SGD
+# clones the first gradient into the buffer: no fused step at all), per-tensor / unit-wise
+# scales (Norm, AGC) and a value clamp (in groups too small to compile, these go through the
+# fused kernel on clipped temporaries: see the prescaled test below).
 NOT_NATIVE_CASES = [
     ("SGD", ENTRIES["SGD"].main, "global_norm:1"),  # dampening=0.1
     ("Adam", ENTRIES["Adam"].main, "norm:0.5"),
@@ -674,6 +676,47 @@ def test_ineligible_native_falls_back_to_compiled(
     assert not any(counts[o] for o in FUSED_OPS), dict(counts)
     assert counts["compiled"] == STEPS
     assert counts["eager"] == STEPS
+
+
+PRESCALED_CASES = [
+    ("Adam", ENTRIES["Adam"].main, "norm:0.5", "_fused_adam_"),
+    ("AdamW", ENTRIES["AdamW"].main, "agc:0.01", "_fused_adamw_"),
+    ("Adagrad", ENTRIES["Adagrad"].main, "value:0.1", "_fused_adagrad_"),
+    ("SGD", {"lr": 0.05, "momentum": 0.9}, "agc:0.01", "_fused_sgd_"),
+]
+
+
+@pytest.mark.parametrize("why", ["small", "no_compiler"])
+@pytest.mark.parametrize(
+    ("name", "config", "clip", "op"),
+    [pytest.param(n, c, clip, op, id=f"{n}-{clip}") for n, c, clip, op in PRESCALED_CASES],
+)
+def test_prescaled_native_where_the_multi_tensor_path_would_run(
+    name: str, config: dict[str, Any], clip: str, op: str, why: str,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Per-tensor or unit-wise scales and value clamps cannot be a fused kernel's grad_scale;
+    where the group is too small to compile (``auto``) or there is no compiler, the fused
+    kernel runs on gradients clipped into temporaries instead of the multi-tensor rule: every
+    step matches the eager reference, the NaN step changes nothing, and ``.grad`` is not
+    written."""
+    if why == "small":
+        monkeypatch.setenv("GRADGUARD_COMPILE_MIN_NUMEL", str(1 << 30))
+        backend = "auto"
+    else:
+        monkeypatch.setattr(_backends, "_compile_failed", "disabled by this test")
+        backend = "native"
+    with count_paths(monkeypatch) as counts:
+        run_pair(name, config, clip, backend)
+    assert counts[op] == STEPS, dict(counts)
+    assert counts["foreach"] == 0 and counts["compiled"] == 0, dict(counts)
+    assert counts["eager"] == STEPS
+    params = make_params()
+    opt = getattr(gradguard, name)(params, clip=clip, backend=backend, **config)
+    grads = [10 * g for g in make_grads(0, nan_step=None)]
+    set_grads(params, grads)
+    opt.step()
+    assert all(torch.equal(p.grad, g) for p, g in zip(params, grads, strict=True))
 
 
 @pytest.mark.parametrize("with_scaler", [False, True], ids=["plain", "grad_scaler"])

@@ -14,6 +14,7 @@ from ..clip import ClipPolicy, GradHooks, resolve
 from ..clip._dist import is_dtensor, local
 from ._backends import (
     BACKENDS,
+    compile_available,
     compile_min_numel,
     default_backend,
     run_compiled,
@@ -27,7 +28,7 @@ from ._core import (
     export_groups,
     restore_group_clips,
 )
-from ._foreach import update_foreach
+from ._foreach import clipped_grads, update_foreach
 
 Rule = Callable[..., tuple[Tensor, dict[str, Tensor]]]
 
@@ -199,20 +200,28 @@ class GuardedOptimizer(GuardReadouts, Optimizer):
         per-tensor reference, ``foreach`` the multi-tensor eager path; ``auto`` and ``native``
         a native fused kernel where one is exact, else (like ``compiled``) the compiled update,
         else (no compiler) ``foreach``; ``auto`` also takes ``foreach`` for groups smaller
-        than :func:`compile_min_numel` elements. True when a fused kernel wrote into the
-        gradients."""
+        than :func:`compile_min_numel` elements. Where ``foreach`` would run and a fused kernel
+        exists but cannot take the clip as its ``grad_scale`` (per-tensor or unit-wise scales,
+        a value clamp), the kernel runs on gradients clipped into temporaries instead. True
+        when a fused kernel wrote into the gradients."""
         hparams = {k: v for k, v in group.items() if k not in _NOT_HPARAMS}
         lr = group["lr"]
         rule = type(self)._rule
         if self.backend == "eager":
             update_tensors(rule, params, grads, states, scales, clamp, fresh, skip, lr, hparams)
             return False
+        small = self.backend == "auto" and sum(p.numel() for p in params) < compile_min_numel()
         if self.backend in ("auto", "native"):
-            ok, shared = self._native_scale(group, params, grads, scales, clamp)
-            if ok:
+            how, shared = self._native_plan(group, params, grads, scales, clamp)
+            if how == "scale":
                 self._native_update(group, params, grads, states, shared, skip)
                 return shared is not None
-        small = self.backend == "auto" and sum(p.numel() for p in params) < compile_min_numel()
+            if how == "prescaled" and (small or not compile_available()):
+                # Where the multi-tensor path would run: the fused kernel on gradients clipped
+                # into temporaries costs one extra pass; the rule's multi-tensor ops, many.
+                self._native_update(group, params, clipped_grads(grads, scales, clamp), states,
+                                    None, skip)
+                return False
         if self.backend != "foreach" and not small and run_compiled(
                 rule, params, grads, states, scales, clamp, fresh, skip, lr, hparams):
             return False
@@ -224,14 +233,16 @@ class GuardedOptimizer(GuardReadouts, Optimizer):
         """Whether torch has a fused kernel that is exact for this group's settings."""
         return False
 
-    def _native_scale(self, group: dict[str, Any], params: list[Tensor], grads: list[Tensor],
-                      scales: list[Tensor | None],
-                      clamp: float | None) -> tuple[bool, Tensor | None]:
-        """``(True, scale)`` with the one 0-d scale to hand a native kernel (None: no scaling),
-        or ``(False, None)`` when the native kernel cannot do this step exactly (no kernel,
-        per-tensor or unit-wise scales, a value clamp, mixed devices or dtypes)."""
-        no = (False, None)
-        if clamp is not None or not self._native_supported(group):
+    def _native_plan(self, group: dict[str, Any], params: list[Tensor], grads: list[Tensor],
+                     scales: list[Tensor | None],
+                     clamp: float | None) -> tuple[str, Tensor | None]:
+        """How a native fused kernel can take this step exactly: ``("scale", s)`` with the one
+        0-d scale to hand it as its ``grad_scale`` (None: no scaling); ``("prescaled", None)``
+        on gradients clipped into temporaries first (per-tensor or unit-wise scales, a value
+        clamp); ``("none", None)`` where it cannot (no kernel for this rule or these
+        settings, mixed devices or dtypes)."""
+        no = ("none", None)
+        if not self._native_supported(group):
             return no
         p0 = params[0]
         if p0.device.type not in ("cpu", "cuda") or p0.dtype not in _NATIVE_DTYPES:
@@ -240,12 +251,13 @@ class GuardedOptimizer(GuardReadouts, Optimizer):
             return no
         if any(g.dtype != p0.dtype or g.layout != torch.strided for g in grads):
             return no
-        if len({id(s) for s in scales}) != 1:
-            return no
         shared = scales[0]
-        if shared is not None and shared.dim() != 0:
+        if clamp is None and all(s is shared for s in scales) and (
+                shared is None or shared.dim() == 0):
+            return "scale", shared
+        if any(s is None for s in scales) and any(s is not None for s in scales):
             return no
-        return True, shared
+        return "prescaled", None
 
     def _native_update(self, group: dict[str, Any], params: list[Tensor], grads: list[Tensor],
                        states: list[dict[str, Tensor]], scale: Tensor | None,

@@ -515,6 +515,19 @@ def _scaled(grads: list[Tensor], scales: list[Tensor]) -> list[Tensor]:
                                                                           strict=True)]))
 
 
+def clipped_grads(grads: list[Tensor], scales: list[Tensor | None],
+                  clamp: float | None) -> list[Tensor]:
+    """The gradients clipped as the reference does it, ``(g * s).clamp(-clamp, clamp)``, into
+    new tensors (``.grad`` is never written): multi-tensor ops, bitwise the per-tensor values.
+    ``scales`` are all None or all tensors."""
+    if scales[0] is not None:
+        grads = _scaled(grads, [s for s in scales if s is not None])
+    if clamp is not None:  # clamp(-c, c) == clamp_max(clamp_min(., -c), c), NaN kept
+        grads = list(torch._foreach_clamp_min(grads, -clamp))
+        torch._foreach_clamp_max_(grads, clamp)
+    return grads
+
+
 def _results(value: Any, n: int, what: str) -> TensorList:
     """``value`` (what the rule returned for ``what``), checked to be ``n`` tensors."""
     if not isinstance(value, TensorList) or len(value) != n:
@@ -557,11 +570,7 @@ def update_foreach(
         gs = [grads[i] for i in idx]
         sts = [states[i] for i in idx]
         scale = [scales[i] for i in idx]
-        if scale[0] is not None:
-            gs = _scaled(gs, [s for s in scale if s is not None])
-        if clamp is not None:  # clamp(-c, c) == clamp_max(clamp_min(., -c), c), NaN kept
-            gs = list(torch._foreach_clamp_min(gs, -clamp))
-            torch._foreach_clamp_max_(gs, clamp)
+        gs = clipped_grads(gs, scale, clamp)
         state_tl = {k: TensorList([st[k] for st in sts]) for k in sts[0]}
         fr = [fresh[i] for i in idx]
         fresh_tl = TensorList([f for f in fr if f is not None]) if fr[0] is not None else None
