@@ -12,6 +12,9 @@ from pathlib import Path
 os.environ.setdefault("GRADGUARD_BACKEND", "eager")
 # backend="auto" compiles param groups of any size in the tests (its default skips small ones).
 os.environ.setdefault("GRADGUARD_COMPILE_MIN_NUMEL", "0")
+# Backward hooks on parameters of any size: the tests' models are small, and the hook
+# machinery is what they check (the default threshold has its own tests in test_hooks.py).
+os.environ.setdefault("GRADGUARD_HOOK_MIN_NUMEL", "0")
 
 _SRC = Path(__file__).resolve().parents[1] / "src"
 if importlib.util.find_spec("gradguard") is None and _SRC.is_dir():

@@ -113,6 +113,48 @@ def test_hooks_are_registered_on_every_trainable_parameter() -> None:
     assert hooks.hits == 4 and hooks.misses == 4
 
 
+def test_small_gradients_are_measured_at_the_step_by_default(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """With the default threshold only a parameter of at least HOOK_MIN_NUMEL elements gets a
+    backward hook; the smaller ones are measured at the step, and the norm is the same."""
+    monkeypatch.delenv("GRADGUARD_HOOK_MIN_NUMEL", raising=False)
+    from gradguard.clip._hooks import HOOK_MIN_NUMEL
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(HOOK_MIN_NUMEL // 64, 64), nn.Tanh(), nn.Linear(64, 3))
+    big = model[0].weight
+    assert big.numel() >= HOOK_MIN_NUMEL
+    assert all(p.numel() < HOOK_MIN_NUMEL for p in model.parameters() if p is not big)
+    opt = gradguard.SGD(model.parameters(), lr=0.1, clip="global_norm:1")
+    hooks = hooks_of(opt)
+    for step in range(3):
+        opt.zero_grad()
+        x = torch.randn(8, big.shape[1])
+        (model(x) ** 2).sum().mul(10).backward()
+        assert hooks.lookup(big, 2.0) is not None
+        assert all(hooks.lookup(p, 2.0) is None for p in model.parameters() if p is not big)
+        expected = recomputed_norm(list(model.parameters()))
+        hits, misses = counts(opt)
+        opt.step()
+        assert counts(opt) == (hits + 1, misses + 3), step
+        assert_grad_norm(opt, expected)
+
+
+def test_hook_threshold_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    w = nn.Parameter(torch.ones(5))
+    monkeypatch.setenv("GRADGUARD_HOOK_MIN_NUMEL", "6")
+    hooks = GradHooks([w])
+    w.sum().backward()
+    assert hooks.lookup(w, 2.0) is None
+    monkeypatch.setenv("GRADGUARD_HOOK_MIN_NUMEL", "5")
+    hooks = GradHooks([w])
+    w.grad = None
+    w.sum().backward()
+    assert hooks.lookup(w, 2.0) is not None
+    monkeypatch.setenv("GRADGUARD_HOOK_MIN_NUMEL", "-1")
+    with pytest.raises(ValueError, match="Invalid GRADGUARD_HOOK_MIN_NUMEL: '-1'"):
+        GradHooks([w])
+
+
 def test_plain_backward_uses_hook_norms() -> None:
     model, opt, ref, ref_opt = make_pair("global_norm:1")
     for step in range(5):

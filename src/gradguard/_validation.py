@@ -7,6 +7,7 @@ Each message names the argument as spelled in the signature and the value it got
 from __future__ import annotations
 
 import math
+import os
 from collections.abc import Sequence
 from typing import Any
 
@@ -70,3 +71,18 @@ def check_choice(name: str, value: Any, choices: Sequence[str]) -> None:
     if value not in choices:
         valid = ", ".join(repr(c) for c in choices)
         raise ValueError(f"Invalid {name}: {value!r}; valid choices are {valid}")
+
+
+def env_count(name: str, default: int) -> int:
+    """The environment variable ``name`` as an integer >= 0, or ``default`` when it is unset;
+    anything else is a ``ValueError`` naming the variable and its value."""
+    text = os.environ.get(name)
+    if text is None:
+        return default
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
+    if value < 0:
+        raise ValueError(f"Invalid {name}: {text!r}; must be an integer >= 0")
+    return value

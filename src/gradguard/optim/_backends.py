@@ -30,6 +30,7 @@ import torch
 import torch.fx.experimental._config as fx_config
 from torch import Tensor
 
+from .._validation import env_count
 from ._core import commit
 
 BACKENDS = ("auto", "native", "compiled", "foreach", "eager")
@@ -62,17 +63,7 @@ def compile_min_numel() -> int:
     """``GRADGUARD_COMPILE_MIN_NUMEL`` if set (an integer >= 0), else
     :data:`COMPILE_MIN_NUMEL`: param groups with fewer elements run ``foreach`` under
     ``backend="auto"``."""
-    text = os.environ.get("GRADGUARD_COMPILE_MIN_NUMEL")
-    if text is None:
-        return COMPILE_MIN_NUMEL
-    try:
-        value = int(text)
-    except ValueError:
-        value = -1
-    if value < 0:
-        raise ValueError(f"Invalid GRADGUARD_COMPILE_MIN_NUMEL: {text!r}; must be an integer "
-                         ">= 0")
-    return value
+    return env_count("GRADGUARD_COMPILE_MIN_NUMEL", COMPILE_MIN_NUMEL)
 
 
 def update_tensors(
