@@ -592,7 +592,9 @@ def update_foreach(
 def _commit_unless(skip: Tensor, dst: list[Tensor], value: Any, what: str) -> None:
     """As :func:`gradguard.optim._core.commit`: ``dst`` takes ``value``'s tensors, or keeps its
     old values, bit for bit (NaN or not), where ``skip`` is true. In place where the shapes and
-    dtypes agree; 0-d state (step counts) held as one vector goes through one ``where``."""
+    dtypes agree; 0-d state (step counts) held as one vector goes through one ``where``. The
+    rules return new tensors, never another destination, so committing one list before the
+    next cannot change a value still to be read."""
     src = _results(value, len(dst), what)
     vec = src._vector() if dst[0].dim() == 0 else None
     if vec is not None and all(d.dim() == 0 and d.dtype == vec.dtype for d in dst):
