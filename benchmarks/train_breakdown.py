@@ -17,24 +17,13 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
-from gradguard import optim
-from gradguard.bench import TinyLM, steady_allocator
+from gradguard.bench import TRAINING_VARIANTS, steady_allocator, training_variant
 
 PHASES = ("zero_grad", "forward", "backward", "clip + step", "total")
-VARIANTS = {"torch": "torch AdamW(fused=True), no clipping",
-            "torch_clip": "torch clip_grad_norm_ + AdamW(fused=True)",
-            "gradguard": "gradguard AdamW(clip='global_norm:1.0')",
-            "gradguard_noclip": "gradguard AdamW, no clipping"}
 
 
 def make(kind: str, set_to_none: bool) -> Callable[[], list[float]]:
-    torch.manual_seed(0)
-    model = TinyLM()
-    if kind.startswith("gradguard"):
-        clip = "global_norm:1.0" if kind == "gradguard" else None
-        opt: torch.optim.Optimizer = optim.AdamW(model.parameters(), lr=1e-4, clip=clip)
-    else:
-        opt = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=True)
+    model, opt = training_variant(kind)
     params = list(model.parameters())
     data = torch.randint(0, 32_000, (2, 32), generator=torch.Generator().manual_seed(1))
     target = torch.randint(0, 32_000, (2, 32), generator=torch.Generator().manual_seed(2))
@@ -69,7 +58,7 @@ def main() -> None:
     if a.reps < 1:
         ap.error(f"invalid --reps {a.reps}; must be >= 1")
     steady = not a.default_malloc and steady_allocator()
-    fns = {k: make(k, not a.keep_grads) for k in VARIANTS}
+    fns = {k: make(k, not a.keep_grads) for k in TRAINING_VARIANTS}
     for fn in fns.values():
         fn()
         fn()
@@ -85,11 +74,11 @@ def main() -> None:
           f"medians of {a.reps} (ms; in brackets: minus torch without clipping)\n")
     print("| variant | " + " | ".join(PHASES) + " |")
     print("|---|" + "---|" * len(PHASES))
-    base = med["torch"]
+    base = med["torch_step"]
     for k, row in med.items():
-        cells = [f"{v:.2f}" if k == "torch" else f"{v:.2f} ({v - b:+.2f})"
+        cells = [f"{v:.2f}" if k == "torch_step" else f"{v:.2f} ({v - b:+.2f})"
                  for v, b in zip(row, base, strict=True)]
-        print(f"| {VARIANTS[k]} | " + " | ".join(cells) + " |")
+        print(f"| {TRAINING_VARIANTS[k]} | " + " | ".join(cells) + " |")
 
 
 if __name__ == "__main__":

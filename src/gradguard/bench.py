@@ -200,6 +200,28 @@ class TinyLM(nn.Module):
         return self.head(self.body(self.emb(x)))
 
 
+# The training-step variants: torch's fused AdamW unclipped and with clip_grad_norm_ (the
+# caller clips), gradguard's AdamW with global-norm clipping and without clipping.
+TRAINING_VARIANTS = {
+    "torch_step": "torch AdamW(fused=True), no clipping",
+    "torch_clip": "torch clip_grad_norm_ + AdamW(fused=True)",
+    "gradguard": "gradguard AdamW(clip='global_norm:1.0')",
+    "gradguard_noclip": "gradguard AdamW, no clipping (the guard still reads norms)",
+}
+
+
+def training_variant(kind: str) -> tuple[nn.Module, torch.optim.Optimizer]:
+    """A fresh :class:`TinyLM` (seed 0) and the AdamW of one of :data:`TRAINING_VARIANTS`."""
+    if kind not in TRAINING_VARIANTS:
+        raise ValueError(f"Invalid kind: {kind!r}; valid choices: {', '.join(TRAINING_VARIANTS)}")
+    torch.manual_seed(0)
+    model = TinyLM()
+    if kind.startswith("gradguard"):
+        clip = "global_norm:1.0" if kind == "gradguard" else None
+        return model, optim.AdamW(model.parameters(), lr=1e-4, clip=clip)
+    return model, torch.optim.AdamW(model.parameters(), lr=1e-4, fused=True)
+
+
 def bench_training(reps: int) -> None:
     """Time a whole training step of :class:`TinyLM` (forward, backward, clip, step) for torch
     and gradguard, with and without clipping, under both ``zero_grad`` modes: torch's default
@@ -212,13 +234,7 @@ def bench_training(reps: int) -> None:
     loss_fn = nn.CrossEntropyLoss()
 
     def make(kind: str, set_to_none: bool) -> Callable[[], None]:
-        torch.manual_seed(0)
-        model = TinyLM()
-        if kind.startswith("gradguard"):
-            clip = "global_norm:1.0" if kind == "gradguard" else None
-            opt: torch.optim.Optimizer = optim.AdamW(model.parameters(), lr=1e-4, clip=clip)
-        else:
-            opt = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=True)
+        model, opt = training_variant(kind)
         params = list(model.parameters())
 
         def step() -> None:
@@ -231,7 +247,7 @@ def bench_training(reps: int) -> None:
 
         return step
 
-    kinds = ("torch_step", "torch_clip", "gradguard", "gradguard_noclip")
+    kinds = tuple(TRAINING_VARIANTS)
     meds: dict[bool, dict[str, float]] = {}
     for set_to_none in (True, False):
         variants = {k: make(k, set_to_none) for k in kinds}
@@ -246,10 +262,7 @@ def bench_training(reps: int) -> None:
     print("| variant | ms, zero_grad() | vs torch unclipped | ms, zero_grad(set_to_none=False) "
           "| vs torch unclipped |")
     print("|---|---|---|---|---|")
-    names = {"torch_step": "torch AdamW(fused=True), no clipping",
-             "torch_clip": "torch clip_grad_norm_ + AdamW(fused=True)",
-             "gradguard": "gradguard AdamW(clip='global_norm:1.0')",
-             "gradguard_noclip": "gradguard AdamW, no clipping (the guard still reads norms)"}
+    names = TRAINING_VARIANTS
     for k in kinds:
         cells = [f"{med[k] * 1e3:.1f} | {med[k] / med['torch_step']:.3f}x"
                  for med in meds.values()]
