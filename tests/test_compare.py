@@ -334,29 +334,41 @@ def test_bench_training_table_has_both_zero_grad_modes(
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's mallopt")
 def test_steady_allocator_keeps_freed_gradients_in_the_process() -> None:
-    # In a child process: mallopt changes the whole process's allocator.
-    code = ("import resource, sys, torch\n"
-            "from gradguard.bench import steady_allocator\n"
-            "if sys.argv[1] == 'steady':\n"
-            "    assert steady_allocator()\n"
-            "def round():\n"
-            "    xs = [torch.ones(6_000_000) for _ in range(3)]\n"
-            "round(); round()\n"
-            "before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt\n"
-            "for _ in range(5):\n"
-            "    round()\n"
-            "print(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)\n")
+    """After steady_allocator(), a 30 MB tensor comes from the heap (not its own mmap, which
+    is unmapped on free and page-faulted in again next time) and freeing three of them does
+    not hand the heap back to the OS. Read through glibc's mallinfo2, in child processes:
+    mallopt changes the whole process's allocator."""
+    code = (
+        "import ctypes, sys, torch\n"
+        "from gradguard.bench import steady_allocator\n"
+        "class Info(ctypes.Structure):\n"
+        "    _fields_ = [(n, ctypes.c_size_t) for n in ('arena', 'ordblks', 'smblks', "
+        "'hblks', 'hblkhd', 'usmblks', 'fsmblks', 'uordblks', 'fordblks', 'keepcost')]\n"
+        "libc = ctypes.CDLL(None)\n"
+        "if not hasattr(libc, 'mallinfo2'):\n"
+        "    print('no-mallinfo2'); raise SystemExit\n"
+        "libc.mallinfo2.restype = Info\n"
+        "if sys.argv[1] == 'steady':\n"
+        "    assert steady_allocator()\n"
+        "before = libc.mallinfo2().hblkhd\n"
+        "xs = [torch.empty(7_500_000) for _ in range(3)]\n"
+        "mapped = libc.mallinfo2().hblkhd - before\n"
+        "held = libc.mallinfo2().arena\n"
+        "del xs\n"
+        "print(mapped, held - libc.mallinfo2().arena)\n")
 
-    def faults(mode: str) -> int:
-        out = subprocess.run([sys.executable, "-c", code, mode], capture_output=True,
-                             text=True, check=True).stdout
-        return int(out.split()[-1])
+    def run(mode: str) -> list[str]:
+        return subprocess.run([sys.executable, "-c", code, mode], capture_output=True,
+                              text=True, check=True).stdout.split()
 
-    # Three 24 MB blocks freed at the top of the heap: glibc's default returns them to the OS
-    # (the next round page-faults them back in); the steady setting keeps them.
-    if faults("default") < 1000:
-        pytest.skip("this C library keeps freed blocks without being told")
-    assert faults("steady") < 100
+    default = run("default")
+    if default == ["no-mallinfo2"]:
+        pytest.skip("this C library has no mallinfo2")
+    if int(default[0]) < 3 * 30_000_000:
+        pytest.skip("this allocator does not mmap 30 MB blocks by default")
+    mapped, released = map(int, run("steady"))
+    assert mapped == 0, f"{mapped} bytes mmapped: the blocks did not come from the heap"
+    assert released < 1 << 20, f"{released} bytes handed back to the OS on free"
 
 
 def test_user_task_by_module_function(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
