@@ -4,9 +4,9 @@ A post-accumulate-grad hook on every parameter of at least :data:`HOOK_MIN_NUMEL
 (smaller gradients are cheaper to measure at the step, all at once) records the norms of its
 gradient together with the identity and version counter of the gradient tensor it measured. At
 the step a recorded norm is used only if ``p.grad`` is still that same tensor at that same
-version; anything that
-changed the gradient after the hook fired (gradient accumulation, an in-place edit, DDP's
-all-reduce, a replaced ``.grad``) changes one of the two, and the norm is measured again.
+version; anything that changed the gradient after the hook fired (gradient accumulation, an
+in-place edit, DDP's all-reduce, a replaced ``.grad``) changes one of the two, and the norm is
+measured again.
 
 Two writers do not bump the version counter, and are handled by protocol instead: GradScaler's
 ``unscale_`` (the optimizer sees ``found_inf`` without ``grad_scale`` and measures again) and
