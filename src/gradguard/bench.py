@@ -262,11 +262,10 @@ def bench_training(reps: int) -> None:
     print("| variant | ms, zero_grad() | vs torch unclipped | ms, zero_grad(set_to_none=False) "
           "| vs torch unclipped |")
     print("|---|---|---|---|---|")
-    names = TRAINING_VARIANTS
     for k in kinds:
         cells = [f"{med[k] * 1e3:.1f} | {med[k] / med['torch_step']:.3f}x"
                  for med in meds.values()]
-        print(f"| {names[k]} | {' | '.join(cells)} |")
+        print(f"| {TRAINING_VARIANTS[k]} | {' | '.join(cells)} |")
     print()
     for set_to_none, med in meds.items():
         mode = "zero_grad()" if set_to_none else "zero_grad(set_to_none=False)"

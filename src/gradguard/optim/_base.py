@@ -210,18 +210,18 @@ class GuardedOptimizer(GuardReadouts, Optimizer):
         if self.backend == "eager":
             update_tensors(rule, params, grads, states, scales, clamp, fresh, skip, lr, hparams)
             return False
+        how, shared = (self._native_plan(group, params, grads, scales, clamp)
+                       if self.backend in ("auto", "native") else ("none", None))
+        if how == "scale":
+            self._native_update(group, params, grads, states, shared, skip)
+            return shared is not None
         small = self.backend == "auto" and sum(p.numel() for p in params) < compile_min_numel()
-        if self.backend in ("auto", "native"):
-            how, shared = self._native_plan(group, params, grads, scales, clamp)
-            if how == "scale":
-                self._native_update(group, params, grads, states, shared, skip)
-                return shared is not None
-            if how == "prescaled" and (small or not compile_available()):
-                # Where the multi-tensor path would run: the fused kernel on gradients clipped
-                # into temporaries costs one extra pass; the rule's multi-tensor ops, many.
-                self._native_update(group, params, clipped_grads(grads, scales, clamp), states,
-                                    None, skip)
-                return False
+        if how == "prescaled" and (small or not compile_available()):
+            # Where the multi-tensor path would run: the fused kernel on gradients clipped into
+            # temporaries costs one extra pass; the rule's multi-tensor ops, many.
+            self._native_update(group, params, clipped_grads(grads, scales, clamp), states,
+                                None, skip)
+            return False
         if self.backend != "foreach" and not small and run_compiled(
                 rule, params, grads, states, scales, clamp, fresh, skip, lr, hparams):
             return False

@@ -119,15 +119,16 @@ class TensorList:
         if _is_number(other):
             return vec, other
         if isinstance(other, TensorList):
-            ovec = other._vector()
-            if ovec is not None and len(ovec) == len(vec) and ovec.dtype == vec.dtype \
-                    and ovec.device == vec.device:
-                return vec, ovec
+            operand = other._vector()
+            if operand is None or len(operand) != len(vec):
+                return None
+        elif isinstance(other, Tensor) and other.dim() == 0:
+            operand = other
+        else:
             return None
-        if isinstance(other, Tensor) and other.dim() == 0 and other.dtype == vec.dtype \
-                and other.device == vec.device:
-            return vec, other
-        return None
+        if operand.dtype != vec.dtype or operand.device != vec.device:
+            return None
+        return vec, operand
 
     def __len__(self) -> int:
         if self._items is None:
@@ -280,8 +281,7 @@ class TensorList:
     def __rsub__(self, other: Any) -> TensorList:
         pair = self._vector_with(other)
         if pair is not None:
-            return TensorList._of_vector(torch.sub(pair[1], pair[0]) if isinstance(pair[1], Tensor)
-                                         else torch.rsub(pair[0], pair[1]))
+            return TensorList._of_vector(operator.sub(pair[1], pair[0]))
         if _is_number(other):
             # number - x == (-x) + number exactly (IEEE subtraction adds the negation)
             return TensorList(torch._foreach_add(torch._foreach_neg(self.items), other))
