@@ -9,8 +9,6 @@ in a rotating order in one process; medians.
 from __future__ import annotations
 
 import argparse
-import statistics
-import time
 from collections.abc import Callable
 
 import torch
@@ -18,6 +16,7 @@ from torch import nn
 
 import gradguard
 from gradguard import tasks
+from gradguard.bench import interleaved_medians
 
 CLIPS = ("none", "global_norm:1", "norm:1", "value:0.1", "agc:0.05", "zclip:2.5", "auto:10")
 TORCH = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW, "sgd": torch.optim.SGD,
@@ -64,13 +63,7 @@ def main() -> None:
     for fn in fns.values():
         for _ in range(5):
             fn()
-    times: dict[str, list[float]] = {k: [] for k in kinds}
-    for r in range(a.reps):
-        for k in kinds[r % len(kinds):] + kinds[:r % len(kinds)]:
-            t = time.perf_counter()
-            fns[k]()
-            times[k].append(time.perf_counter() - t)
-    med = {k: statistics.median(v) * 1e3 for k, v in times.items()}
+    med = {k: v * 1e3 for k, v in interleaved_medians(fns, a.reps).items()}
     n = sum(p.numel() for p in task.build_model().parameters())
     print(f"{a.task} ({n:,} parameters, batch {task.batch_size}), {a.optimizer}, one thread, "
           f"medians of {a.reps} training steps\n")

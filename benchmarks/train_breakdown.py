@@ -17,7 +17,7 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
-from gradguard.bench import TRAINING_VARIANTS, steady_allocator, training_variant
+from gradguard.bench import TRAINING_VARIANTS, interleaved, steady_allocator, training_variant
 
 PHASES = ("zero_grad", "forward", "backward", "clip + step", "total")
 
@@ -62,11 +62,7 @@ def main() -> None:
     for fn in fns.values():
         fn()
         fn()
-    times: dict[str, list[list[float]]] = {k: [] for k in fns}
-    kinds = list(fns)
-    for r in range(a.reps):
-        for k in kinds[r % len(kinds):] + kinds[:r % len(kinds)]:
-            times[k].append(fns[k]())
+    times = interleaved(fns, a.reps)
     med = {k: [statistics.median(col) * 1e3 for col in zip(*v, strict=True)]
            for k, v in times.items()}
     mode = "zero_grad(set_to_none=False)" if a.keep_grads else "zero_grad()"

@@ -27,18 +27,22 @@ from __future__ import annotations
 
 import argparse
 import ctypes
+import functools
 import importlib
 import statistics
 import sys
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from typing import TypeVar
 
 import torch
 from torch import nn
 
 from . import optim
 from .optim._backends import BACKENDS
+
+T = TypeVar("T")
 
 # name: (gradguard class, kwargs, torch factory or None, bytes per parameter of the clipped step)
 # bytes: fp32 reads + writes the update must do, plus 4 for reading the gradient for the norm.
@@ -105,16 +109,23 @@ def elapsed(fn: Callable[[], object]) -> float:
     return time.perf_counter() - t0
 
 
-def interleaved_medians(variants: Mapping[str, Callable[[], object]],
-                        reps: int) -> dict[str, float]:
-    """Median seconds of each variant over ``reps`` rounds; every round runs each variant once,
-    starting one later each round, so no variant always follows the same one."""
+def interleaved(variants: Mapping[str, Callable[[], T]], reps: int) -> dict[str, list[T]]:
+    """What each variant returns in each of ``reps`` rounds; every round runs each variant
+    once, starting one later each round, so no variant always follows the same one."""
     names = list(variants)
-    times: dict[str, list[float]] = {k: [] for k in names}
+    results: dict[str, list[T]] = {k: [] for k in names}
     for r in range(reps):
         for k in names[r % len(names):] + names[:r % len(names)]:
-            times[k].append(elapsed(variants[k]))
-    return {k: statistics.median(v) for k, v in times.items()}
+            results[k].append(variants[k]())
+    return results
+
+
+def interleaved_medians(variants: Mapping[str, Callable[[], object]],
+                        reps: int) -> dict[str, float]:
+    """Median seconds of each variant over ``reps`` interleaved rounds (see
+    :func:`interleaved`)."""
+    timed = {k: functools.partial(elapsed, fn) for k, fn in variants.items()}
+    return {k: statistics.median(v) for k, v in interleaved(timed, reps).items()}
 
 
 def copy_bandwidth(shapes: list[tuple[int, ...]], reps: int) -> float:
