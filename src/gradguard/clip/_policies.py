@@ -43,12 +43,16 @@ class ClipDecision:
 
     ``scales[k]`` multiplies the gradient at ``idx[k]`` (None: leave it), ``clamp`` bounds every
     entry to ``[-clamp, clamp]`` after scaling, and ``min_scale`` is the smallest factor applied
-    to any gradient entry (1 when nothing was clipped).
+    to any gradient entry (1 when nothing was clipped). ``binding`` (a bool tensor) says whether
+    a norm or entry exceeded the policy's threshold: the step counts as clipped only then, not
+    when ``min_scale`` is below 1 only through the ``1e-6`` of ``c / (norm + 1e-6)`` (a norm at
+    or just under ``c``, which ``clip_grad_norm_`` also scales by about ``1 - 1e-6 / c``).
     """
 
     scales: list[Tensor | None]
     clamp: float | None
     min_scale: Tensor
+    binding: Tensor
 
 
 def _ratio_scale(threshold: Tensor | float, norm: Tensor) -> Tensor:
@@ -140,7 +144,8 @@ class NoClip(ClipPolicy):
 
     def decide(self, stats: GradStats, idx: list[int], skip: Tensor | None) -> ClipDecision:
         device = stats.grads[idx[0]].device if idx else None
-        return ClipDecision([None] * len(idx), None, torch.ones((), device=device))
+        return ClipDecision([None] * len(idx), None, torch.ones((), device=device),
+                            torch.zeros((), dtype=torch.bool, device=device))
 
 
 class Value(ClipPolicy):
@@ -169,7 +174,8 @@ class Value(ClipPolicy):
     def decide(self, stats: GradStats, idx: list[int], skip: Tensor | None) -> ClipDecision:
         absmax = stats.total_norm(idx, math.inf)
         # The smallest factor any entry sees is c / max|g| (1 when nothing exceeds c).
-        return ClipDecision([None] * len(idx), self.c, torch.clamp(self.c / absmax, max=1.0))
+        return ClipDecision([None] * len(idx), self.c, torch.clamp(self.c / absmax, max=1.0),
+                            absmax > self.c)
 
 
 class _NormPolicy(ClipPolicy):
@@ -202,7 +208,8 @@ class Norm(_NormPolicy):
     def decide(self, stats: GradStats, idx: list[int], skip: Tensor | None) -> ClipDecision:
         norms = stats.norms(self.norm_type)
         scales = [_ratio_scale(self.c, norms[i]) for i in idx]
-        return ClipDecision(list(scales), None, torch.stack(scales).min())
+        binding = torch.stack([norms[i] for i in idx]).max() > self.c
+        return ClipDecision(list(scales), None, torch.stack(scales).min(), binding)
 
 
 class GlobalNorm(_NormPolicy):
@@ -221,8 +228,9 @@ class GlobalNorm(_NormPolicy):
     name = "global_norm"
 
     def decide(self, stats: GradStats, idx: list[int], skip: Tensor | None) -> ClipDecision:
-        scale = _ratio_scale(self.c, stats.total_norm(idx, self.norm_type))
-        return ClipDecision([scale] * len(idx), None, scale)
+        norm = stats.total_norm(idx, self.norm_type)
+        scale = _ratio_scale(self.c, norm)
+        return ClipDecision([scale] * len(idx), None, scale, norm > self.c)
 
 
 class AGC(ClipPolicy):
@@ -256,14 +264,18 @@ class AGC(ClipPolicy):
     def decide(self, stats: GradStats, idx: list[int], skip: Tensor | None) -> ClipDecision:
         scales: list[Tensor | None] = []
         mins: list[Tensor] = []
+        over: list[Tensor] = []
         for i in idx:
             g_norm = stats.unit_norms(i)
             max_norm = stats.param_unit_norms(i).clamp_min(self.eps) * self.clipping
-            s = torch.where(g_norm > max_norm, max_norm / g_norm.clamp_min(_EPS), 1.0)
+            exceeds = g_norm > max_norm
+            s = torch.where(exceeds, max_norm / g_norm.clamp_min(_EPS), 1.0)
             scales.append(s)
             mins.append(s.min().to(torch.float32))
+            over.append(exceeds.any())
         min_scale = torch.stack(mins).min() if mins else torch.ones(())
-        return ClipDecision(scales, None, min_scale)
+        binding = torch.stack(over).any() if over else torch.zeros((), dtype=torch.bool)
+        return ClipDecision(scales, None, min_scale, binding)
 
 
 def _commit(old: Tensor, new: Tensor, skip: Tensor | None) -> Tensor:
@@ -340,8 +352,9 @@ class AutoClip(ClipPolicy):
         self._count = _commit(count, count + 1, skip)
         self._calls += 1
         self.last_threshold = threshold
-        scale = _ratio_scale(threshold, norm.to(torch.float64)).to(torch.float32)
-        return ClipDecision([scale] * len(idx), None, scale)
+        n = norm.to(torch.float64)
+        scale = _ratio_scale(threshold, n).to(torch.float32)
+        return ClipDecision([scale] * len(idx), None, scale, n > threshold)
 
     def state_dict(self) -> dict[str, Any]:
         if self._buf is None or self._count is None:
@@ -462,7 +475,7 @@ class ZClip(ClipPolicy):
         self._state = {k: _commit(st[k], v, skip) for k, v in new.items()}
         self.last_threshold = threshold
         scale = _ratio_scale(threshold, n).to(torch.float32)
-        return ClipDecision([scale] * len(idx), None, scale)
+        return ClipDecision([scale] * len(idx), None, scale, n > threshold)
 
     def state_dict(self) -> dict[str, Any]:
         return dict(self._state)

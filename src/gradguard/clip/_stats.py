@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import Tensor
@@ -22,17 +22,32 @@ if TYPE_CHECKING:
 
 def _norm_dtype(t: Tensor) -> torch.dtype:
     """Norms of low-precision gradients are accumulated in float32, float64 stays float64."""
-    return torch.float64 if t.dtype == torch.float64 else torch.float32
+    return torch.float64 if t.dtype in (torch.float64, torch.complex128) else torch.float32
+
+
+def vector_norm(t: Tensor, ord: float = 2.0, **kwargs: Any) -> Tensor:
+    """``torch.linalg.vector_norm`` in the precision of :func:`_norm_dtype`: a complex tensor's
+    norm is that of its moduli (torch takes no real ``dtype`` for a complex input), and a
+    sparse tensor's that of its coalesced values."""
+    if t.layout != torch.strided:
+        t = t.coalesce()._values()
+    if t.is_complex():
+        return torch.linalg.vector_norm(t, ord, **kwargs)
+    return torch.linalg.vector_norm(t, ord, dtype=_norm_dtype(t), **kwargs)
 
 
 def unitwise_norm(t: Tensor) -> Tensor:
     """Norm per unit as in Brock et al. 2021: the whole tensor for ndim <= 1, else per slice of
     dim 0 (one output unit / filter), shaped to broadcast against ``t``."""
-    dtype = _norm_dtype(t)
+    if t.layout != torch.strided:
+        t = t.to_dense()
     if t.dim() <= 1:
-        return torch.linalg.vector_norm(t, dtype=dtype)
-    return torch.linalg.vector_norm(t, dim=tuple(range(1, t.dim())), keepdim=True, dtype=dtype)
+        return vector_norm(t)
+    return vector_norm(t, dim=tuple(range(1, t.dim())), keepdim=True)
 
+
+# Gradient dtypes whose squares overflow float32 once GradScaler's scale reaches about 2**64.
+_OVERFLOWING = (torch.float32, torch.bfloat16)
 
 _DOT_MIN = 1 << 16  # elements from which a CPU 2-norm uses torch.dot
 
@@ -44,8 +59,11 @@ def measure(tensors: list[Tensor], norm_type: float) -> list[Tensor]:
     if not tensors:
         return []
     dtype = tensors[0].dtype
-    if dtype not in (torch.float32, torch.float64) or norm_type not in (1.0, 2.0, math.inf):
-        return [torch.linalg.vector_norm(t, norm_type, dtype=_norm_dtype(t)) for t in tensors]
+    if (dtype not in (torch.float32, torch.float64) or norm_type not in (1.0, 2.0, math.inf)
+            or tensors[0].layout != torch.strided or tensors[0].requires_grad):
+        # (Gradients that require grad come from differentiable steps: the per-tensor op has
+        # a derivative.)
+        return [vector_norm(t, norm_type) for t in tensors]
     if norm_type != 2.0 or tensors[0].device.type != "cpu":
         return list(torch._foreach_norm(tensors, norm_type))
     # On the CPU, BLAS's dot reads a large tensor faster than the norm kernel does.
@@ -77,8 +95,10 @@ class GradStats:
     ``params`` and ``grads`` are aligned lists; policies refer to tensors by index. With
     ``hooks``, norms measured during backward are used where still valid (see
     :class:`gradguard.clip.GradHooks`); only the rest is measured here. ``multiplier`` (a 0-d
-    tensor, e.g. GradScaler's inverse scale) multiplies every norm: the statistics are those of
-    ``grad * multiplier`` without computing that product.
+    tensor, GradScaler's inverse scale) gives the statistics of ``grad * multiplier``: float16
+    and float64 gradients are measured as they are and their norms multiplied; float32 and
+    bfloat16 ones are multiplied first, one tensor at a time, since the squares of gradients
+    scaled by about 2**64 or more overflow float32 (norms measured in backward are not used).
 
     Sharded gradients (DTensors) are measured on their local shards and every norm is that of
     the whole tensor: the first call of :meth:`norms` all-reduces the per-shard values of all
@@ -122,16 +142,27 @@ class GradStats:
             self._norms[key] = cached
         return cached
 
+    def _prescaled(self, i: int) -> bool:
+        """Whether gradient ``i`` is multiplied by ``multiplier`` before it is measured."""
+        return self.multiplier is not None and self.grads[i].dtype in _OVERFLOWING
+
+    def _unscaled(self, i: int) -> Tensor:
+        g = local(self.grads[i])
+        assert self.multiplier is not None
+        return g.to(torch.float32) * self.multiplier.to(device=g.device, dtype=torch.float32)
+
     def _compute_norms(self, norm_type: float) -> list[Tensor]:
         out: list[Tensor | None] = [None] * len(self.grads)
-        if self.hooks is not None:
-            for i, p in enumerate(self.params):
-                out[i] = self.hooks.lookup(p, norm_type)
-        # The rest: one multi-tensor kernel per (device, dtype) bucket where torch has it.
-        buckets: dict[tuple[torch.device, torch.dtype], list[int]] = {}
+        for i in range(len(self.grads)):
+            if self._prescaled(i):
+                out[i] = measure([self._unscaled(i)], norm_type)[0]
+            elif self.hooks is not None:
+                out[i] = self.hooks.lookup(self.params[i], norm_type)
+        # The rest: one multi-tensor kernel per (device, dtype, layout) bucket where torch has it.
+        buckets: dict[tuple[torch.device, torch.dtype, torch.layout], list[int]] = {}
         for i, g in enumerate(self.grads):
             if out[i] is None:
-                buckets.setdefault((g.device, g.dtype), []).append(i)
+                buckets.setdefault((g.device, g.dtype, g.layout), []).append(i)
         for idx in buckets.values():
             parts = [local(self.grads[i]) for i in idx]
             for i, n in zip(idx, measure(parts, norm_type), strict=True):
@@ -141,7 +172,7 @@ class GradStats:
         groups = self.shard_groups()
         if any(groups):
             result = self._reduce(result, groups, norm_type)
-        return [self._scaled(n) for n in result]
+        return [n if self._prescaled(i) else self._scaled(n) for i, n in enumerate(result)]
 
     def _reduce(self, norms: list[Tensor], groups: list[Groups], norm_type: float) -> list[Tensor]:
         """Whole-tensor norms from shard norms; the 2-norm reduction also carries the
@@ -151,7 +182,7 @@ class GradStats:
             extra = [i for i in self._want_param_norms
                      if i not in self._param_norms and self.params[i].dim() <= 1
                      and shard_groups(self.params[i], f"parameter {i}")]
-        local_p = [_vector_norm(local(self.params[i].detach())) for i in extra]
+        local_p = [vector_norm(local(self.params[i].detach())) for i in extra]
         reduced = reduce_norms(norms + local_p,
                                groups + [shard_groups(self.params[i]) for i in extra], norm_type)
         for i, n in zip(extra, reduced[len(norms):], strict=True):
@@ -182,10 +213,14 @@ class GradStats:
             else:
                 if not rows_whole(g):
                     raise NotImplementedError(_split_rows("gradient", i, g))
-                raw = self.hooks.lookup_units(self.params[i]) if self.hooks is not None else None
-                if raw is None:
-                    raw = unitwise_norm(local(g))
-                cached = self._scaled(raw)
+                if self._prescaled(i):
+                    cached = unitwise_norm(self._unscaled(i))
+                else:
+                    raw = (self.hooks.lookup_units(self.params[i]) if self.hooks is not None
+                           else None)
+                    if raw is None:
+                        raw = unitwise_norm(local(g))
+                    cached = self._scaled(raw)
             self._units[i] = cached
         return cached
 
@@ -203,14 +238,10 @@ class GradStats:
         if p.dim() > 1:
             return unitwise_norm(local(p))
         groups = shard_groups(p, f"parameter {i}")
-        norm = _vector_norm(local(p))
+        norm = vector_norm(local(p))
         cached = reduce_norms([norm], [groups], 2.0)[0] if groups else norm
         self._param_norms[i] = cached
         return cached
-
-
-def _vector_norm(t: Tensor) -> Tensor:
-    return torch.linalg.vector_norm(t, dtype=_norm_dtype(t))
 
 
 def _split_rows(what: str, i: int, t: Tensor) -> str:

@@ -9,6 +9,15 @@ import torch
 from torch import Tensor
 from torch.optim import Optimizer
 
+try:  # torch's own check (and message) for what fused=True can take
+    from torch.optim.optimizer import _device_dtype_check_for_fused
+except ImportError:  # pragma: no cover - older torch
+    def _device_dtype_check_for_fused(p: Tensor, cuda_unsupported: bool = False) -> None:
+        if not (p.device.type in ("cpu", "cuda") and torch.is_floating_point(p)):
+            raise RuntimeError("`fused=True` requires all the params to be floating point "
+                               f"Tensors of supported devices but {p.dtype} and "
+                               f"{p.device.type}")
+
 from .._validation import check_choice
 from ..clip import ClipPolicy, GradHooks, resolve
 from ..clip._dist import is_dtensor, local
@@ -35,6 +44,34 @@ Rule = Callable[..., tuple[Tensor, dict[str, Tensor]]]
 # Group keys that are not hyperparameters of the update rule (lr is passed separately).
 _NOT_HPARAMS = frozenset({"params", "param_names", "clip", "initial_lr", "lr"})
 _NATIVE_DTYPES = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
+# 0-d state entries (steps, NAdam's momentum product): kept on the parameter's device.
+_SCALAR_KEYS = ("step", "mu_product")
+
+
+def _scalar(value: Any) -> Any:
+    """A one-element tensor hyperparameter (lr, betas) as a 0-d view, so it broadcasts like a
+    number whatever its shape (``[1, 1]`` included); anything else as it is."""
+    if isinstance(value, Tensor) and value.dim() > 0:
+        return value.reshape(())
+    if isinstance(value, tuple) and any(isinstance(v, Tensor) for v in value):
+        return tuple(_scalar(v) for v in value)
+    return value
+
+
+def _as_real(params: list[Tensor], grads: list[Tensor], states: list[dict[str, Tensor]],
+             scales: list[Tensor | None]) -> tuple[list[Tensor], list[Tensor],
+                                                   list[dict[str, Tensor]],
+                                                   list[Tensor | None]]:
+    """Complex tensors as real views with a trailing dimension of 2 (torch.optim's treatment:
+    every update is elementwise on real and imaginary parts); unit-wise scales gain that
+    dimension too, so they still broadcast."""
+    def real(t: Tensor) -> Tensor:
+        return torch.view_as_real(t) if t.is_complex() else t
+
+    out_scales = [s.unsqueeze(-1) if s is not None and s.dim() > 0 and p.is_complex() else s
+                  for p, s in zip(params, scales, strict=True)]
+    return ([real(p) for p in params], [real(g) for g in grads],
+            [{k: real(v) for k, v in st.items()} for st in states], out_scales)
 
 
 class GuardedOptimizer(GuardReadouts, Optimizer):
@@ -46,6 +83,10 @@ class GuardedOptimizer(GuardReadouts, Optimizer):
     """
 
     _rule: ClassVar[Rule]
+    # The state entry that takes the first gradient as is (SGD's momentum buffer), if any.
+    _fresh_key: ClassVar[str | None] = None
+    # torch's error for a sparse gradient (None: the optimizer has a sparse update).
+    _sparse_error: ClassVar[str | None] = "{name} does not support sparse gradients"
     # GradScaler hands us its scale and found-inf flag instead of unscaling the gradients.
     _step_supports_amp_scaling = True
     # Set where the rule needs norms of whole tensors, which a shard does not have (the reason).
@@ -62,9 +103,11 @@ class GuardedOptimizer(GuardReadouts, Optimizer):
         backend: str | None = None,
         measure_in_backward: bool = True,
     ) -> None:
-        if defaults.get("differentiable"):
-            raise ValueError("Invalid differentiable: True; gradguard optimizers do not support "
-                             "differentiating through the step")
+        if defaults.get("fused"):
+            if defaults.get("differentiable"):
+                raise RuntimeError("`fused` does not support `differentiable`")
+            if defaults.get("foreach"):
+                raise RuntimeError("`fused` and `foreach` cannot be `True` together.")
         backend = default_backend() if backend is None else backend
         check_choice("backend", backend, BACKENDS)
         self.backend = backend
@@ -128,10 +171,25 @@ class GuardedOptimizer(GuardReadouts, Optimizer):
         for group in self.param_groups:
             for key in getattr(self, "_hparam_keys", ()):
                 group.setdefault(key, self.defaults[key])
+        # Older torch checkpoints hold steps (and NAdam's mu_product) as Python numbers, and
+        # torch's SGD may hold a momentum buffer of None: make them what a step expects.
+        for p, st in self.state.items():
+            if not isinstance(p, Tensor) or not isinstance(st, dict):
+                continue
+            for key in _SCALAR_KEYS:
+                value = st.get(key)
+                if value is not None and not isinstance(value, Tensor):
+                    st[key] = torch.tensor(float(value), dtype=torch.float32, device=p.device)
+            key = type(self)._fresh_key
+            if key is not None and key in st and st[key] is None:
+                st[key] = torch.zeros_like(p, memory_format=torch.preserve_format)
+                self.__dict__.setdefault("_fresh", {})[p] = torch.ones(
+                    (), dtype=torch.bool, device=p.device)
 
     # -- state ------------------------------------------------------------------------------
     def _init_state(self, p: Tensor, group: dict[str, Any]) -> dict[str, Tensor]:
-        """A parameter's state before its first step (torch.optim's keys and dtypes)."""
+        """A parameter's state before its first step (torch.optim's keys and dtypes). Pure: it
+        creates tensors like ``p`` (also on the meta device, to describe the expected state)."""
         raise TypeError(f"{type(self).__name__} must define _init_state")
 
     @staticmethod
@@ -141,27 +199,46 @@ class GuardedOptimizer(GuardReadouts, Optimizer):
         return torch.zeros((), dtype=torch.float32, device=p.device)
 
     def _state_for(self, p: Tensor, group: dict[str, Any]) -> dict[str, Tensor]:
+        if p not in self.state or not self.state[p]:
+            init = self._init_state(p, group)
+            if not init:  # stateless (SGD without momentum): torch keeps no entry either
+                return init
+            self.state[p] = init
+            if self._fresh_key in init:
+                self._fresh[p] = torch.ones((), dtype=torch.bool, device=p.device)
         state = self.state[p]
-        if not state:
-            state.update(self._init_state(p, group))
-        step = state.get("step")
-        if isinstance(step, Tensor) and step.device != p.device:
-            state["step"] = step.to(device=p.device, dtype=torch.float32)
+        for key in _SCALAR_KEYS:
+            value = state.get(key)
+            if isinstance(value, Tensor) and value.device != p.device:
+                state[key] = value.to(device=p.device, dtype=torch.float32)
         return state
 
     # -- the step ---------------------------------------------------------------------------
-    @torch.no_grad()
+    def _differentiable(self) -> bool:
+        return bool(self.defaults.get("differentiable")) or any(
+            g.get("differentiable") for g in self.param_groups)
+
     def step(self, closure: Callable[[], Any] | None = None) -> Any:
-        """Clip, guard and update. Returns the closure's loss, if a closure was given."""
+        """Clip, guard and update. Returns the closure's loss, if a closure was given.
+
+        Runs without autograd, except with ``differentiable=True``: then the step is recorded
+        (on the per-tensor reference path) so that one can differentiate through it."""
         loss = None
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
+        with torch.set_grad_enabled(self._differentiable()):
+            self._step()
+        return loss
+
+    def _step(self) -> None:
+        self._check_grads()
+        differentiable = torch.is_grad_enabled()
         # Set by torch.amp.GradScaler.step (we declare _step_supports_amp_scaling).
-        plan = self._core.plan(self.param_groups, self._hooks,
+        plan = self._core.plan(self.param_groups, None if differentiable else self._hooks,
                                getattr(self, "grad_scale", None), getattr(self, "found_inf", None))
         if plan is None:
-            return loss
+            return
         by_group: dict[int, list[int]] = {}
         for k, gi in enumerate(plan.owners):
             by_group.setdefault(gi, []).append(k)
@@ -171,6 +248,19 @@ class GuardedOptimizer(GuardReadouts, Optimizer):
             states = [self._state_for(p, group) for p in params]
             fresh = [self._fresh.get(p) for p in params]
             grads = [plan.grads[k] for k in ks]
+            scales = [plan.scales[k] for k in ks]
+            clamp = plan.clamps[ks[0]]
+            sparse = [i for i, g in enumerate(grads) if g.layout != torch.strided]
+            if sparse:
+                for i in sparse:
+                    self._sparse_update(group, params[i], grads[i], states[i], scales[i], clamp,
+                                        plan.skip)
+                dense = [i for i in range(len(grads)) if i not in sparse]
+                params, grads = [params[i] for i in dense], [grads[i] for i in dense]
+                states, scales = [states[i] for i in dense], [scales[i] for i in dense]
+                fresh = [fresh[i] for i in dense]
+                if not params:
+                    continue
             if any(is_dtensor(p) for p in params):
                 # Sharded (FSDP2): the rule runs on the local shards; the state stays DTensor.
                 params_l = [local(p) for p in params]
@@ -178,8 +268,10 @@ class GuardedOptimizer(GuardReadouts, Optimizer):
                 states_l = [{k: local(v) for k, v in st.items()} for st in states]
             else:
                 params_l, grads_l, states_l = params, grads, states
-            wrote = self._update_group(group, params_l, grads_l, states_l,
-                                       [plan.scales[k] for k in ks], plan.clamps[ks[0]], fresh,
+            if any(p.is_complex() for p in params_l):
+                params_l, grads_l, states_l, scales = _as_real(params_l, grads_l, states_l,
+                                                               scales)
+            wrote = self._update_group(group, params_l, grads_l, states_l, scales, clamp, fresh,
                                        plan.skip)
             if wrote and self._hooks is not None:
                 # torch's fused kernels write grad / grad_scale back into .grad, without a
@@ -190,43 +282,79 @@ class GuardedOptimizer(GuardReadouts, Optimizer):
                     self._fresh[p] = (f & plan.skip if plan.skip is not None
                                       else torch.zeros_like(f))
         self._core.finish(plan, self.param_groups)
-        return loss
+
+    def _check_grads(self) -> None:
+        """torch's errors for gradients a step cannot take: sparse ones where the optimizer has
+        no sparse update, and (once) parameters that ``fused=True`` cannot take."""
+        for group in self.param_groups:
+            fused = group.get("fused")
+            for p in group["params"]:
+                g = p.grad
+                if g is None:
+                    continue
+                if g.layout != torch.strided and self._sparse_error is not None:
+                    raise RuntimeError(self._sparse_error.format(name=type(self).__name__))
+                if fused and self.__dict__.get("_need_device_dtype_check_for_fused", True):
+                    _device_dtype_check_for_fused(p)
+        self._need_device_dtype_check_for_fused = False
+
+    def _path(self, group: dict[str, Any]) -> tuple[str, bool]:
+        """The backend for a group and whether a native fused kernel may serve it: torch's
+        flags where the group sets them (``differentiable``: the reference; ``fused=True``:
+        the native kernel; ``foreach=True``: multi-tensor; ``foreach=False``: the per-tensor
+        reference, torch's for-loop; ``fused=False``: no native kernel), else ``backend``."""
+        if group.get("differentiable") or torch.is_grad_enabled():
+            return "eager", False
+        fused, foreach = group.get("fused"), group.get("foreach")
+        if fused:
+            return "native", True
+        if foreach is not None:
+            return ("foreach" if foreach else "eager"), False
+        if fused is False:
+            return ("auto" if self.backend == "native" else self.backend), False
+        return self.backend, True
 
     def _update_group(self, group: dict[str, Any], params: list[Tensor], grads: list[Tensor],
                       states: list[dict[str, Tensor]], scales: list[Tensor | None],
                       clamp: float | None, fresh: list[Tensor | None],
                       skip: Tensor | None) -> bool:
-        """Run the update rule over one param group on the chosen backend: ``eager`` the
-        per-tensor reference, ``foreach`` the multi-tensor eager path; ``auto`` and ``native``
-        a native fused kernel where one is exact, else (like ``compiled``) the compiled update,
-        else (no compiler) ``foreach``; ``auto`` also takes ``foreach`` for groups smaller
-        than :func:`compile_min_numel` elements. Where ``foreach`` would run and a fused kernel
-        exists but cannot take the clip as its ``grad_scale`` (per-tensor or unit-wise scales,
-        a value clamp), the kernel runs on gradients clipped into temporaries instead. True
-        when a fused kernel wrote into the gradients."""
-        hparams = {k: v for k, v in group.items() if k not in _NOT_HPARAMS}
-        lr = group["lr"]
+        """Run the update rule over one param group on the chosen backend (see :meth:`_path`):
+        ``eager`` the per-tensor reference, ``foreach`` the multi-tensor eager path; ``auto``
+        and ``native`` a native fused kernel where one is exact, else (like ``compiled``) the
+        compiled update, else (no compiler) ``foreach``; ``auto`` also takes ``foreach`` for
+        groups smaller than :func:`compile_min_numel` elements. Where ``foreach`` would run and
+        a fused kernel exists but cannot take the clip as its ``grad_scale`` (per-tensor or
+        unit-wise scales, a value clamp, float64), the kernel runs on gradients clipped into
+        temporaries instead. True when a fused kernel wrote into the gradients."""
+        hparams = {k: _scalar(v) for k, v in group.items() if k not in _NOT_HPARAMS}
+        lr = _scalar(group["lr"])
         rule = type(self)._rule
-        if self.backend == "eager":
+        backend, native_ok = self._path(group)
+        if backend == "eager":
             update_tensors(rule, params, grads, states, scales, clamp, fresh, skip, lr, hparams)
             return False
-        how, shared = (self._native_plan(group, params, grads, scales, clamp)
-                       if self.backend in ("auto", "native") else ("none", None))
+        how, shared = (self._native_plan(group, params, grads, states, scales, clamp)
+                       if native_ok and backend in ("auto", "native") else ("none", None))
         if how == "scale":
             self._native_update(group, params, grads, states, shared, skip)
             return shared is not None
-        small = self.backend == "auto" and sum(p.numel() for p in params) < compile_min_numel()
+        small = backend == "auto" and sum(p.numel() for p in params) < compile_min_numel()
         if how == "prescaled" and (small or not compile_available()):
             # Where the multi-tensor path would run: the fused kernel on gradients clipped into
             # temporaries costs one extra pass; the rule's multi-tensor ops, many.
             self._native_update(group, params, clipped_grads(grads, scales, clamp), states,
                                 None, skip)
             return False
-        if self.backend != "foreach" and not small and run_compiled(
+        if backend != "foreach" and not small and run_compiled(
                 rule, params, grads, states, scales, clamp, fresh, skip, lr, hparams):
             return False
         update_foreach(rule, params, grads, states, scales, clamp, fresh, skip, lr, hparams)
         return False
+
+    def _sparse_update(self, group: dict[str, Any], p: Tensor, g: Tensor,
+                       state: dict[str, Tensor], scale: Tensor | None, clamp: float | None,
+                       skip: Tensor | None) -> None:
+        raise RuntimeError(f"{type(self).__name__} does not support sparse gradients")
 
     # -- torch's native fused kernels -------------------------------------------------------
     def _native_supported(self, group: dict[str, Any]) -> bool:
@@ -234,13 +362,15 @@ class GuardedOptimizer(GuardReadouts, Optimizer):
         return False
 
     def _native_plan(self, group: dict[str, Any], params: list[Tensor], grads: list[Tensor],
-                     scales: list[Tensor | None],
+                     states: list[dict[str, Tensor]], scales: list[Tensor | None],
                      clamp: float | None) -> tuple[str, Tensor | None]:
         """How a native fused kernel can take this step exactly: ``("scale", s)`` with the one
         0-d scale to hand it as its ``grad_scale`` (None: no scaling); ``("prescaled", None)``
         on gradients clipped into temporaries first (per-tensor or unit-wise scales, a value
-        clamp); ``("none", None)`` where it cannot (no kernel for this rule or these
-        settings, mixed devices or dtypes)."""
+        clamp, or a float64 step, whose clip scale the kernel would take in float32);
+        ``("none", None)`` where it cannot (no kernel for this rule or these settings, mixed
+        devices or dtypes, or any parameter, gradient or state tensor that is not contiguous:
+        torch's CPU kernels pair the elements of strided tensors wrongly)."""
         no = ("none", None)
         if not self._native_supported(group):
             return no
@@ -251,9 +381,12 @@ class GuardedOptimizer(GuardReadouts, Optimizer):
             return no
         if any(g.dtype != p0.dtype or g.layout != torch.strided for g in grads):
             return no
+        tensors = [*params, *grads, *(v for st in states for v in st.values() if v.dim() > 0)]
+        if not all(t.is_contiguous() for t in tensors):
+            return no
         shared = scales[0]
         if clamp is None and all(s is shared for s in scales) and (
-                shared is None or shared.dim() == 0):
+                shared is None or (shared.dim() == 0 and p0.dtype != torch.float64)):
             return "scale", shared
         if any(s is None for s in scales) and any(s is not None for s in scales):
             return no
@@ -279,8 +412,15 @@ class GuardedOptimizer(GuardReadouts, Optimizer):
         return sd
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        """Load a state_dict of this optimizer or of the torch.optim optimizer of the same name."""
+        """Load a state_dict of this optimizer or of the torch.optim optimizer of the same name.
+
+        Every parameter's saved state is checked first, and nothing is changed if any of it is
+        wrong: ``ValueError`` names the parameter, the entry, what was expected and what was
+        found (a missing entry, as in a checkpoint of another optimizer; a tensor of another
+        shape; a complex entry for a real parameter or the reverse). Steps saved as numbers
+        (older torch checkpoints) load as tensors."""
         state_dict, extra = detach_extras(state_dict)
+        self._check_state_dict(state_dict)
         before = [("clip" in g, g.get("clip")) for g in self.param_groups]
         super().load_state_dict(state_dict)
         restore_group_clips(self.param_groups, before)
@@ -288,3 +428,72 @@ class GuardedOptimizer(GuardReadouts, Optimizer):
         params = [p for g in self.param_groups for p in g["params"]]
         fresh = (extra or {}).get("fresh", {})
         self._fresh = {params[int(i)]: t.to(params[int(i)].device) for i, t in fresh.items()}
+
+    def _check_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """Raise ValueError unless ``state_dict`` fits these param groups and every saved state
+        holds what this optimizer's step reads, with each parameter's shape."""
+        name = type(self).__name__
+        if not isinstance(state_dict, dict) or not isinstance(state_dict.get("state"), dict) \
+                or not isinstance(state_dict.get("param_groups"), list):
+            raise ValueError(f"Invalid state_dict for {name}: expected a dict with 'state' (a "
+                             "dict) and 'param_groups' (a list), got "
+                             f"{type(state_dict).__name__} with keys "
+                             f"{sorted(state_dict) if isinstance(state_dict, dict) else None}")
+        saved_groups, saved_state = state_dict["param_groups"], state_dict["state"]
+        if len(saved_groups) != len(self.param_groups):
+            raise ValueError("loaded state dict has a different number of parameter groups: "
+                             f"{len(saved_groups)} saved, {len(self.param_groups)} in {name}")
+        for gi, (group, saved) in enumerate(zip(self.param_groups, saved_groups, strict=True)):
+            if len(saved["params"]) != len(group["params"]):
+                raise ValueError("loaded state dict contains a parameter group that doesn't "
+                                 f"match the size of optimizer's group: param_groups[{gi}] has "
+                                 f"{len(saved['params'])} saved parameters, "
+                                 f"{len(group['params'])} in {name}")
+            merged = {**group, **{k: v for k, v in saved.items() if k != "params"}}
+            for pi, (index, p) in enumerate(zip(saved["params"], group["params"], strict=True)):
+                st = saved_state.get(index)
+                if st:
+                    self._check_param_state(st, p, merged, f"parameter {index} "
+                                            f"(param_groups[{gi}]['params'][{pi}], shape "
+                                            f"{tuple(p.shape)})")
+
+    def _check_param_state(self, st: Any, p: Tensor, group: dict[str, Any], where: str) -> None:
+        name = type(self).__name__
+        if not isinstance(st, dict):
+            raise ValueError(f"Invalid state_dict: the state of {where} is a "
+                             f"{type(st).__name__}, expected a dict")
+        meta = torch.empty(p.shape, dtype=p.dtype, device="meta")
+        expected = self._init_state(meta, group)
+        for key, like in expected.items():
+            if key not in st:
+                raise ValueError(f"Invalid state_dict: the state of {where} has no {key!r}; "
+                                 f"{name} with these settings needs {sorted(expected)}, found "
+                                 f"{sorted(st)} (saved by another optimizer or settings?)")
+            value = st[key]
+            if like.dim() == 0:
+                ok = (isinstance(value, int | float) and not isinstance(value, bool)) or (
+                    isinstance(value, Tensor) and value.numel() == 1)
+                if not ok:
+                    raise ValueError(f"Invalid state_dict: {where} {key!r} must be a number or a "
+                                     f"one-element tensor, found {_describe(value)}")
+                continue
+            if value is None and key == type(self)._fresh_key:
+                continue  # torch's SGD before the parameter's first step
+            if not isinstance(value, Tensor):
+                raise ValueError(f"Invalid state_dict: {where} {key!r} must be a tensor of shape "
+                                 f"{tuple(like.shape)}, found {_describe(value)}")
+            if tuple(value.shape) != tuple(like.shape):
+                raise ValueError(f"Invalid state_dict: {where} {key!r} has shape "
+                                 f"{tuple(value.shape)}, expected {tuple(like.shape)} (the "
+                                 "parameter's shape)")
+            if value.is_complex() != like.is_complex() or not (
+                    value.is_floating_point() or value.is_complex()):
+                raise ValueError(f"Invalid state_dict: {where} {key!r} has dtype {value.dtype}, "
+                                 f"expected a {'complex' if like.is_complex() else 'floating'} "
+                                 f"dtype like the parameter's ({p.dtype})")
+
+
+def _describe(value: Any) -> str:
+    if isinstance(value, Tensor):
+        return f"a tensor of shape {tuple(value.shape)} and dtype {value.dtype}"
+    return f"{type(value).__name__} {value!r}"

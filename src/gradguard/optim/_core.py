@@ -43,7 +43,9 @@ class StepPlan:
 
     ``skip``: leave parameters, state and clip history as they are (a non-finite gradient, or
     a step that can change nothing); ``nonfinite``: the part of it that is a bad step, counted
-    and reported (None when nothing checks for it).
+    and reported (None when nothing checks for it); ``blame``: the part of ``nonfinite`` that
+    counts towards the error after repeated bad steps, that is, all of it but GradScaler's
+    found-inf steps while its scale is above 1 (it backs off and recovers by itself).
     """
 
     params: list[Tensor]
@@ -55,6 +57,7 @@ class StepPlan:
     stats: GradStats
     record: StepRecord
     nonfinite: Tensor | None = None
+    blame: Tensor | None = None
 
 
 def commit(dst: Tensor, new: Tensor, skip: Tensor | None) -> None:
@@ -185,8 +188,6 @@ class GuardCore:
                 g = p.grad
                 if g is None:
                     continue
-                if g.is_sparse:
-                    raise RuntimeError("gradguard optimizers do not support sparse gradients")
                 params.append(p)
                 grads.append(g)
                 owners.append(gi)
@@ -203,9 +204,15 @@ class GuardCore:
         stats = GradStats(params, grads, hooks, multiplier, param_norms)
         grad_norm = stats.total_norm(list(range(len(grads))))
         nonfinite = None if self.nonfinite == "off" else ~torch.isfinite(grad_norm)
+        blame = nonfinite
         if found_inf is not None:
-            inf = found_inf.to(device=grad_norm.device, dtype=torch.bool)
-            nonfinite = inf if nonfinite is None else nonfinite | inf
+            # GradScaler has checked every gradient entry: its found-inf is the skip, so that
+            # every skipped step reaches it and its scale backs off.
+            nonfinite = found_inf.to(device=grad_norm.device, dtype=torch.bool)
+            if grad_scale is None:  # after unscale_: the scale is not known here
+                blame = torch.zeros_like(nonfinite)
+            else:
+                blame = nonfinite & (grad_scale.to(grad_norm.device) <= 1)
         skip = nonfinite
         if all(isinstance(g.get("lr"), float | int) and g["lr"] == 0 for g in param_groups):
             # A step that can change nothing (lr 0, zero gradients: what torch's distributed
@@ -216,12 +223,14 @@ class GuardCore:
         scales: list[Tensor | None] = [None] * len(grads)
         clamps: list[float | None] = [None] * len(grads)
         mins: list[Tensor] = []
+        binding: list[Tensor] = []
         for policy, idx in buckets.values():
             decision = policy.decide(stats, idx, skip)
             for k, s in zip(idx, decision.scales, strict=True):
                 scales[k] = s
                 clamps[k] = decision.clamp
             mins.append(decision.min_scale.to(torch.float32))
+            binding.append(decision.binding.to(device=grad_norm.device))
         if multiplier is not None:  # fold GradScaler's unscale into the clip scale
             folded: dict[int, Tensor] = {}
             for k, s in enumerate(scales):
@@ -231,13 +240,15 @@ class GuardCore:
                 scales[k] = folded[key]
         device = grad_norm.device
         clip_scale = torch.stack(mins).min() if mins else torch.ones((), device=device)
-        clipped = clip_scale < 1
+        clipped = (torch.stack(binding).any() if binding
+                   else torch.zeros((), dtype=torch.bool, device=device))
         if skip is not None:
             clipped = clipped & ~skip
         skipped = (nonfinite if nonfinite is not None
                    else torch.zeros((), dtype=torch.bool, device=device))
         record = StepRecord(grad_norm.to(torch.float32), clip_scale, clipped, skipped)
-        return StepPlan(params, grads, owners, scales, clamps, skip, stats, record, nonfinite)
+        return StepPlan(params, grads, owners, scales, clamps, skip, stats, record, nonfinite,
+                        blame)
 
     def finish(self, plan: StepPlan, param_groups: list[dict[str, Any]]) -> None:
         """Count the step, publish ``last_step``, and raise after too many skips in a row."""
@@ -254,11 +265,15 @@ class GuardCore:
                                        self.consecutive_skips))
         self.clipped_steps = self.clipped_steps + rec.clipped.to(torch.int64)
         self.skipped_steps = self.skipped_steps + rec.skipped.to(torch.int64)
-        self.consecutive_skips = torch.where(rec.skipped, self.consecutive_skips + 1, 0)
+        blame = rec.skipped if plan.blame is None else plan.blame.to(device)
+        # A step GradScaler is recovering from neither adds to the count nor resets it.
+        self.consecutive_skips = torch.where(
+            blame, self.consecutive_skips + 1,
+            torch.where(rec.skipped, self.consecutive_skips, 0))
         self.last_step = rec
         self.last_stats = (plan.params, plan.stats.norms())
         if self.nonfinite == "raise":
-            if bool(rec.skipped):  # the user asked for an error on every bad step: one read
+            if bool(blame):  # the user asked for an error on every bad step: one read
                 raise self._error(plan.params, plan.stats, param_groups, 1, " (nonfinite='raise')")
         elif self.nonfinite == "skip":
             if self._mirror is None or self._mirror.device != device:

@@ -43,10 +43,13 @@ from .._validation import (
     check_betas,
     check_lr,
     check_nonneg,
+    check_tensor_hparams,
     check_unit_interval,
 )
 from ..clip import ClipPolicy
-from ._base import GuardedOptimizer
+from ._backends import update_tensors
+from ._base import GuardedOptimizer, _scalar
+from ._sparse import adagrad_sparse, sgd_sparse
 
 __all__ = ["LAMB", "LARS", "SGD", "Adadelta", "Adagrad", "Adam", "AdamW", "Adamax", "Lion",
            "NAdam", "RMSprop"]
@@ -60,9 +63,6 @@ def _zeros(p: Tensor) -> Tensor:
 
 
 def _check_lr(lr: float | Tensor) -> None:
-    if isinstance(lr, Tensor) and lr.numel() != 1:
-        raise ValueError(f"Invalid lr (learning rate): a tensor lr must have one element, got "
-                         f"shape {tuple(lr.shape)}")
     check_lr(lr)
 
 
@@ -84,6 +84,8 @@ class SGD(GuardedOptimizer):
     """
 
     _rule = staticmethod(rules.sgd)
+    _fresh_key = "momentum_buffer"
+    _sparse_error = None
 
     def __init__(
         self,
@@ -109,9 +111,9 @@ class SGD(GuardedOptimizer):
         check_nonneg("dampening", dampening)
         check_nonneg("weight_decay", weight_decay)
         if nesterov and (momentum <= 0 or dampening != 0):
-            raise ValueError(f"Invalid nesterov: {nesterov}; Nesterov momentum requires "
-                             f"momentum > 0 (got {momentum}) and dampening == 0 "
-                             f"(got {dampening})")
+            raise ValueError(f"Nesterov momentum requires a momentum and zero dampening "
+                             f"(nesterov=True with momentum={momentum}, "
+                             f"dampening={dampening})")
         defaults = {"lr": lr, "momentum": momentum, "dampening": dampening,
                     "weight_decay": weight_decay, "nesterov": nesterov, "maximize": maximize,
                     "foreach": foreach, "differentiable": differentiable, "fused": fused}
@@ -122,8 +124,25 @@ class SGD(GuardedOptimizer):
     def _init_state(self, p: Tensor, group: dict[str, Any]) -> dict[str, Tensor]:
         if group["momentum"] == 0:
             return {}
-        self._fresh[p] = torch.ones((), dtype=torch.bool, device=p.device)
         return {"momentum_buffer": _zeros(p)}
+
+    def _sparse_update(self, group: dict[str, Any], p: Tensor, g: Tensor,
+                       state: dict[str, Tensor], scale: Tensor | None, clamp: float | None,
+                       skip: Tensor | None) -> None:
+        if group["momentum"] == 0 and group["weight_decay"] == 0 and (
+                scale is None or scale.dim() == 0):
+            sgd_sparse(p, g, lr=_scalar(group["lr"]), scale=scale, clamp=clamp, skip=skip,
+                       maximize=group["maximize"])
+            return
+        # Momentum or weight decay make torch's update dense: the reference on the dense
+        # gradient computes the same.
+        fresh = self._fresh.get(p)
+        hparams = {k: _scalar(v) for k, v in group.items()
+                   if k not in ("params", "param_names", "clip", "initial_lr", "lr")}
+        update_tensors(type(self)._rule, [p], [g.to_dense()], [state], [scale], clamp, [fresh],
+                       skip, _scalar(group["lr"]), hparams)
+        if fresh is not None:
+            self._fresh[p] = fresh & skip if skip is not None else torch.zeros_like(fresh)
 
     def _native_supported(self, group: dict[str, Any]) -> bool:
         # Our momentum buffers start at zero (see `fresh`); with zero dampening the first
@@ -164,6 +183,8 @@ class Adam(GuardedOptimizer):
 
     _rule = staticmethod(rules.adam)
     _decoupled_default = False
+    _sparse_error = ("{name} does not support sparse gradients, please consider SparseAdam "
+                     "instead")
 
     def __init__(
         self,
@@ -186,10 +207,12 @@ class Adam(GuardedOptimizer):
         backend: str | None = None,
         measure_in_backward: bool = True,
     ) -> None:
+        check_tensor_hparams(lr, betas, foreach, capturable)
         _check_lr(lr)
-        check_nonneg("eps", eps, "epsilon")
+        check_nonneg("eps", eps, "epsilon value")
         check_betas(betas)
         check_nonneg("weight_decay", weight_decay)
+        betas = (_scalar(betas[0]), _scalar(betas[1]))
         defaults = {"lr": lr, "betas": betas, "eps": eps, "weight_decay": weight_decay,
                     "amsgrad": amsgrad, "maximize": maximize, "foreach": foreach,
                     "capturable": capturable, "differentiable": differentiable, "fused": fused,
@@ -312,7 +335,7 @@ class NAdam(GuardedOptimizer):
         measure_in_backward: bool = True,
     ) -> None:
         _check_lr(lr)
-        check_nonneg("eps", eps, "epsilon")
+        check_nonneg("eps", eps, "epsilon value")
         check_betas(betas)
         check_nonneg("weight_decay", weight_decay)
         check_nonneg("momentum_decay", momentum_decay)
@@ -366,7 +389,7 @@ class Adamax(GuardedOptimizer):
         measure_in_backward: bool = True,
     ) -> None:
         _check_lr(lr)
-        check_nonneg("eps", eps, "epsilon")
+        check_nonneg("eps", eps, "epsilon value")
         check_betas(betas)
         check_nonneg("weight_decay", weight_decay)
         defaults = {"lr": lr, "betas": betas, "eps": eps, "weight_decay": weight_decay,
@@ -419,7 +442,7 @@ class RMSprop(GuardedOptimizer):
         measure_in_backward: bool = True,
     ) -> None:
         _check_lr(lr)
-        check_nonneg("eps", eps, "epsilon")
+        check_nonneg("eps", eps, "epsilon value")
         check_nonneg("momentum", momentum)
         check_nonneg("weight_decay", weight_decay)
         check_unit_interval("alpha", alpha, closed_right=True)
@@ -455,6 +478,7 @@ class Adagrad(GuardedOptimizer):
     """
 
     _rule = staticmethod(rules.adagrad)
+    _sparse_error = None
 
     def __init__(
         self,
@@ -479,18 +503,35 @@ class Adagrad(GuardedOptimizer):
         check_nonneg("lr_decay", lr_decay)
         check_nonneg("weight_decay", weight_decay)
         check_nonneg("initial_accumulator_value", initial_accumulator_value)
-        check_nonneg("eps", eps, "epsilon")
+        check_nonneg("eps", eps, "epsilon value")
         defaults = {"lr": lr, "lr_decay": lr_decay, "eps": eps, "weight_decay": weight_decay,
                     "initial_accumulator_value": initial_accumulator_value, "foreach": foreach,
                     "maximize": maximize, "differentiable": differentiable, "fused": fused}
         super().__init__(params, defaults, clip=clip, nonfinite=nonfinite,
                          max_consecutive_skips=max_consecutive_skips, backend=backend,
                          measure_in_backward=measure_in_backward)
+        # As torch.optim.Adagrad: the state exists from construction on.
+        for group in self.param_groups:
+            for p in group["params"]:
+                self._state_for(p, group)
 
     def _init_state(self, p: Tensor, group: dict[str, Any]) -> dict[str, Tensor]:
         init = group["initial_accumulator_value"]
+        value = complex(init, init) if p.is_complex() else init  # as torch.optim.Adagrad
         return {"step": self._step_tensor(p),
-                "sum": torch.full_like(p, init, memory_format=torch.preserve_format)}
+                "sum": torch.full_like(p, value, memory_format=torch.preserve_format)}
+
+    def _sparse_update(self, group: dict[str, Any], p: Tensor, g: Tensor,
+                       state: dict[str, Tensor], scale: Tensor | None, clamp: float | None,
+                       skip: Tensor | None) -> None:
+        if group["weight_decay"] != 0:
+            raise RuntimeError("weight_decay option is not compatible with sparse gradients")
+        if scale is not None and scale.dim() > 0:  # unit-wise (AGC): on the dense gradient,
+            g = g.to_dense().mul(scale.to(g.dtype)).to_sparse()  # the same rows stay nonzero
+            scale = None
+        adagrad_sparse(p, g, state, lr=_scalar(group["lr"]), lr_decay=group["lr_decay"],
+                       eps=group["eps"], scale=scale, clamp=clamp, skip=skip,
+                       maximize=group["maximize"])
 
     def _native_supported(self, group: dict[str, Any]) -> bool:
         return True
@@ -541,7 +582,7 @@ class Adadelta(GuardedOptimizer):
     ) -> None:
         _check_lr(lr)
         check_unit_interval("rho", rho, closed_right=True)
-        check_nonneg("eps", eps, "epsilon")
+        check_nonneg("eps", eps, "epsilon value")
         check_nonneg("weight_decay", weight_decay)
         defaults = {"lr": lr, "rho": rho, "eps": eps, "weight_decay": weight_decay,
                     "maximize": maximize, "capturable": capturable, "foreach": foreach,
@@ -642,7 +683,7 @@ class LAMB(GuardedOptimizer):
         measure_in_backward: bool = True,
     ) -> None:
         _check_lr(lr)
-        check_nonneg("eps", eps, "epsilon")
+        check_nonneg("eps", eps, "epsilon value")
         check_betas(betas)
         check_nonneg("weight_decay", weight_decay)
         defaults = {"lr": lr, "betas": betas, "eps": eps, "weight_decay": weight_decay,
