@@ -201,7 +201,9 @@ def nadam(
             g = g + weight_decay * param
     mu = beta1 * (1.0 - 0.5 * 0.96 ** (t * momentum_decay))
     mu_next = beta1 * (1.0 - 0.5 * 0.96 ** ((t + 1) * momentum_decay))
-    mu_product = (state["mu_product"] * mu).to(state["mu_product"].dtype)
+    # In the product's own precision, as torch's ``mu_product *= mu`` (float32 unless float64
+    # is the default dtype).
+    mu_product = state["mu_product"] * mu.to(state["mu_product"].dtype)
     mu_product_next = _f64(mu_product) * mu_next
     exp_avg = torch.lerp(state["exp_avg"], g, 1 - beta1)
     exp_avg_sq = state["exp_avg_sq"] * beta2 + (1 - beta2) * g * g

@@ -353,7 +353,7 @@ class AutoClip(ClipPolicy):
         self._calls += 1
         self.last_threshold = threshold
         n = norm.to(torch.float64)
-        scale = _ratio_scale(threshold, n).to(torch.float32)
+        scale = _ratio_scale(threshold, n).to(norm.dtype)  # float64 gradients keep float64
         return ClipDecision([scale] * len(idx), None, scale, n > threshold)
 
     def state_dict(self) -> dict[str, Any]:
@@ -474,7 +474,7 @@ class ZClip(ClipPolicy):
         new = {"count": count + 1, "warmup_norms": collected, "mean": new_mean, "var": new_var}
         self._state = {k: _commit(st[k], v, skip) for k, v in new.items()}
         self.last_threshold = threshold
-        scale = _ratio_scale(threshold, n).to(torch.float32)
+        scale = _ratio_scale(threshold, n).to(norm.dtype)  # float64 gradients keep float64
         return ClipDecision([scale] * len(idx), None, scale, n > threshold)
 
     def state_dict(self) -> dict[str, Any]:

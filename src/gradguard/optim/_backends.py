@@ -81,6 +81,8 @@ def update_tensors(
     """Apply ``rule`` to every tensor: clip the gradient in registers (scale, then clamp),
     update, and commit parameters and state unless ``skip``. The reference every fast path is
     checked against, and the function the compiled path compiles."""
+    if isinstance(lr, Tensor) and lr.dim() > 0:
+        lr = lr.reshape(())
     for i in range(len(params)):
         g = grads[i]
         s = scales[i]
@@ -185,10 +187,13 @@ def run_compiled(
     if _compile_failed is not None:
         return False
     device = params[0].device
-    # float32, 0-d: dynamo treats a 0-d float64 CPU tensor like a Python float and would guard
-    # on its value (a host read per step).
-    lr_t = (lr if isinstance(lr, Tensor) else torch.tensor(lr)).to(device=device,
-                                                                    dtype=torch.float32)
+    # One element as a 1-D tensor (update_tensors takes it back to 0-d inside the graph):
+    # dynamo treats a 0-d float64 CPU tensor like a Python float and would guard on its value
+    # (a host read per step). float64 for float64 parameters, whose step must keep float64's
+    # precision (as torch's for-loop, which uses the Python float); else float32.
+    dtype = torch.float64 if params[0].dtype == torch.float64 else torch.float32
+    lr_t = (lr if isinstance(lr, Tensor) else torch.tensor(lr, dtype=torch.float64)).to(
+        device=device, dtype=dtype).reshape(1)
     # Per-tensor scalar scales allow flattening; unit-wise scales (AGC) keep the shapes.
     flatten = all(s is None or s.dim() == 0 for s in scales)
     written = params
