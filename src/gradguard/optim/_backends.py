@@ -150,6 +150,20 @@ def _flat(t: Tensor, keep_rank: bool = False) -> Tensor:
     return t.new_empty(0).set_(t.untyped_storage(), t.storage_offset(), shape, stride)
 
 
+def _flattened(p: Tensor, g: Tensor, state: dict[str, Tensor],
+               keep_rank: bool) -> tuple[Tensor, Tensor, dict[str, Tensor]]:
+    """A parameter, its gradient and its state flattened together (see :func:`_flat`), state
+    of the parameter's shape included (for a 0-d parameter, its 0-d step too, so every operand
+    is a row of one element); where any of them is strided, all of them as they are, since a
+    view with gaps, or a gradient whose strides differ from its parameter's, cannot be
+    flattened without a copy."""
+    full = [v for v in state.values() if v.shape == p.shape]
+    if not all(t.is_contiguous() for t in (p, g, *full)):
+        return p.detach(), g.detach(), {k: v.detach() for k, v in state.items()}
+    return (_flat(p, keep_rank), _flat(g, keep_rank),
+            {k: _flat(v, keep_rank) if v.shape == p.shape else v for k, v in state.items()})
+
+
 def _dynamo_settings() -> dict[str, Any]:
     """Dynamo settings for our calls, under the names this torch has (older releases call the
     recompile limits ``cache_size_limit``): more graphs than dynamo's default of 8 for one
@@ -199,10 +213,10 @@ def run_compiled(
     written = params
     if flatten:
         keep = bool(hparams.get("exclude_bias_and_norm"))
-        params = [_flat(p, keep) for p in params]
-        grads = [_flat(g, keep) for g in grads]
-        states = [{k: _flat(v, keep) if v.dim() > 0 else v for k, v in st.items()}
-                  for st in states]
+        flat = [_flattened(p, g, st, keep) for p, g, st in zip(params, grads, states,
+                                                                strict=True)]
+        params, grads = [f[0] for f in flat], [f[1] for f in flat]
+        states = [f[2] for f in flat]
     else:  # plain tensors: dynamo would give parameters static shapes
         params = [p.detach() for p in params]
     fn = _compiled_update()
