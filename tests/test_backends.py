@@ -1033,3 +1033,56 @@ def test_backend_default_comes_from_environment(monkeypatch: pytest.MonkeyPatch)
         gradguard.SGD(p)
     with pytest.raises(ValueError, match="backend"):
         gradguard.SGD(p, backend="turbo")
+
+
+# torch's implementation flags select the path: an explicit True/False is obeyed, None lets
+# ``backend`` decide (here "eager", so any other path seen comes from the flag).
+FLAG_CASES = [
+    ({"foreach": True}, "foreach"),
+    ({"foreach": False}, "eager"),
+    ({"fused": True}, "_fused_adam_"),
+    ({"fused": False, "foreach": None}, "eager"),
+]
+
+
+@pytest.mark.parametrize(("flags", "path"), FLAG_CASES, ids=[p for _, p in FLAG_CASES])
+def test_torch_flags_select_the_path(flags: dict[str, Any], path: str,
+                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    params = make_params()
+    opt = gradguard.Adam(params, lr=1e-2, backend="eager", **flags)
+    with count_paths(monkeypatch) as counts:
+        for step in range(3):
+            set_grads(params, make_grads(step, nan_step=None))
+            opt.step()
+    assert counts[path] == 3, dict(counts)
+    assert sum(counts.values()) == 3, dict(counts)
+
+
+def test_fused_false_keeps_auto_off_the_fused_kernel(monkeypatch: pytest.MonkeyPatch) -> None:
+    params = make_params()
+    opt = gradguard.Adam(params, lr=1e-2, backend="auto", fused=False)
+    with count_paths(monkeypatch) as counts:
+        set_grads(params, make_grads(0, nan_step=None))
+        opt.step()
+    assert not any(counts[o] for o in FUSED_OPS), dict(counts)
+
+
+@pytest.mark.parametrize(("kwargs", "error", "message"), [
+    ({"fused": True, "foreach": True}, RuntimeError, "`fused` and `foreach` cannot be `True`"),
+    ({"fused": True, "differentiable": True}, RuntimeError,
+     "`fused` does not support `differentiable`"),
+])
+def test_flag_conflicts_raise_torchs_errors(kwargs: dict[str, Any], error: type[Exception],
+                                            message: str) -> None:
+    for cls in (torch.optim.Adam, gradguard.Adam):
+        with pytest.raises(error, match=message):
+            cls(make_params(), **kwargs)
+
+
+def test_fused_on_complex_params_raises_torchs_error() -> None:
+    p = nn.Parameter(torch.randn(3, dtype=torch.complex64))
+    p.grad = torch.randn_like(p)
+    for cls in (torch.optim.Adam, gradguard.Adam):
+        opt = cls([p], fused=True)
+        with pytest.raises(RuntimeError, match="`fused=True` requires all the params"):
+            opt.step()
