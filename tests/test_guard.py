@@ -484,3 +484,21 @@ def test_low_precision_nonfinite_step_is_skipped(name: str, dtype: torch.dtype) 
     assert not bool(opt.last_step.skipped)
     assert all(p.dtype == dtype and bool(torch.isfinite(p).all()) for p in params)
     assert any(not torch.equal(p, b) for p, b in zip(params, before, strict=True))
+
+
+def test_guard_around_fused_float64_keeps_float64_precision() -> None:
+    """A binding clip around torch's fused Adam on float64 parameters: the clip scale must not
+    reach the kernel as its float32 grad_scale (1e-9 relative off after a few steps)."""
+    gen = torch.Generator().manual_seed(0)
+    ours = [torch.nn.Parameter(torch.randn(8, 8, generator=gen, dtype=torch.float64))]
+    theirs = [torch.nn.Parameter(ours[0].detach().clone())]
+    opt = gradguard.guard(torch.optim.Adam(ours, lr=1e-2, fused=True), clip="global_norm:0.1")
+    ref = torch.optim.Adam(theirs, lr=1e-2, foreach=False)
+    for _ in range(20):
+        g = torch.randn(8, 8, generator=gen, dtype=torch.float64)
+        ours[0].grad, theirs[0].grad = g.clone(), g.clone()
+        torch.nn.utils.clip_grad_norm_(theirs, 0.1)
+        opt.step()
+        ref.step()
+    assert bool(opt.last_step.clipped)
+    torch.testing.assert_close(ours[0].detach(), theirs[0].detach(), rtol=1e-12, atol=1e-14)

@@ -95,8 +95,9 @@ class Guarded(GuardReadouts, Optimizer):
         if len(scales) > 1 or (scales and None in plan.scales):
             return None
         shared = next((s for s in plan.scales if s is not None), None)
-        if shared is not None and shared.dim() != 0:
-            return None
+        if shared is not None and (shared.dim() != 0
+                                   or any(g.dtype == torch.float64 for g in plan.grads)):
+            return None  # (torch's kernels take grad_scale in float32: float64 scales in place)
         device = plan.grads[0].device
         if shared is None:
             return torch.ones((), dtype=torch.float32, device=device)
