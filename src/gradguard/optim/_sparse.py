@@ -7,7 +7,8 @@ as it was (``x + 0`` is exact), and the step count is kept.
 
 >>> import torch
 >>> p = torch.zeros(4, 2)
->>> g = torch.sparse_coo_tensor([[1, 3, 1]], torch.ones(3, 2), (4, 2))  # row 1 twice
+>>> g = torch.sparse_coo_tensor([[1, 3, 1]], torch.ones(3, 2), (4, 2),  # row 1 twice
+...                             check_invariants=True)
 >>> sgd_sparse(p, g, lr=0.5, scale=None, clamp=None, skip=None, maximize=False)
 >>> p
 tensor([[ 0.0000,  0.0000],
@@ -42,7 +43,8 @@ def _values(g: Tensor, scale: Tensor | None, clamp: float | None, skip: Tensor |
 
 
 def _like(g: Tensor, values: Tensor) -> Tensor:
-    return torch.sparse_coo_tensor(g._indices(), values, g.shape, is_coalesced=True)
+    return torch.sparse_coo_tensor(g._indices(), values, g.shape, is_coalesced=True,
+                                   check_invariants=False)  # indices of a coalesced tensor
 
 
 def _times(values: Tensor, factor: Any) -> Tensor:
