@@ -10,7 +10,8 @@ measured again.
 
 Two writers do not bump the version counter, and are handled by protocol instead: GradScaler's
 ``unscale_`` (the optimizer sees ``found_inf`` without ``grad_scale`` and measures again) and
-torch's fused kernels writing ``grad / grad_scale`` back (the optimizer calls :meth:`forget`).
+torch's fused kernels writing ``grad / grad_scale`` back (``gradguard.guard`` around a fused torch
+optimizer calls :meth:`forget`).
 One cannot be seen at all: an edit through ``.data`` (``p.grad.data.mul_(2)``) bypasses the
 version counter by design; code that does that should create the optimizer with
 ``measure_in_backward=False``, or edit ``p.grad`` itself.

@@ -22,6 +22,7 @@
 from __future__ import annotations
 
 import os
+import types
 import warnings
 from collections.abc import Callable
 from typing import Any
@@ -90,13 +91,18 @@ def update_tensors(
             g = g * s.to(g.dtype)
         if clamp is not None:
             g = g.clamp(-clamp, clamp)
-        new_p, new_state = rule(params[i], g, states[i], lr=lr, fresh=fresh[i], **hparams)
+        p_in, st_in = params[i], states[i]
+        if torch.is_grad_enabled():
+            # A differentiable step: the rule reads copies, so that what backward saved (the
+            # old max of AMSGrad, say) is not the tensor the commit writes.
+            p_in, st_in = p_in.clone(), {k: v.clone() for k, v in st_in.items()}
+        new_p, new_state = rule(p_in, g, st_in, lr=lr, fresh=fresh[i], **hparams)
         commit(params[i], new_p, skip)
         for key, value in new_state.items():
             commit(states[i][key], value, skip)
 
 
-_compiled: Any = None
+_compiled: dict[Any, Any] = {}  # rule -> its compiled update
 _compile_failed: str | None = None
 
 
@@ -117,16 +123,27 @@ def _lower_scalar() -> None:
         return x
 
 
-def _compiled_update() -> Any:
-    global _compiled
-    if _compiled is None:
-        _lower_scalar()
+def _compiled_update(rule: Rule | None = None) -> Any:
+    """``update_tensors`` through ``torch.compile``, one compiled function per rule. Each is a
+    copy of the function with a code object of its own, since dynamo keeps graphs and guards
+    per code object: shared by every rule, a step of one (SGD, whose state has no ``step``)
+    after graphs of another (Adam) made torch 2.13 fail while explaining the recompile
+    (``KeyError: 'step'`` in its aliasing-guard report), which turned compiling off."""
+    fn = _compiled.get(rule)
+    if fn is None:
+        if not _compiled:
+            _lower_scalar()
+        name = getattr(rule, "__name__", "rule")
+        code = update_tensors.__code__.replace(co_name=f"update_tensors_{name}")
+        copy = types.FunctionType(code, update_tensors.__globals__, code.co_name,
+                                  update_tensors.__defaults__, update_tensors.__closure__)
         # Recompute rather than store an intermediate that reads many inputs: storing LAMB's
         # update direction (read by its norm and by the update) cost a full-size buffer per
         # tensor, allocated and page-faulted every step on the CPU, and made LAMB 1.4x slower.
-        _compiled = torch.compile(update_tensors, dynamic=True, fullgraph=True,
-                                  options={"realize_reads_threshold": 16})
-    return _compiled
+        fn = torch.compile(copy, dynamic=True, fullgraph=True,
+                           options={"realize_reads_threshold": 16})
+        _compiled[rule] = fn
+    return fn
 
 
 def compile_available() -> bool:
@@ -219,7 +236,7 @@ def run_compiled(
         states = [f[2] for f in flat]
     else:  # plain tensors: dynamo would give parameters static shapes
         params = [p.detach() for p in params]
-    fn = _compiled_update()
+    fn = _compiled_update(rule)
     # Duck sizing off: two tensors of one chunk that happen to have the same size would
     # otherwise share a symbol, and the next chunk would recompile. Settings are switched only
     # around our own calls.

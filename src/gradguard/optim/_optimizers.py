@@ -14,9 +14,11 @@ between ``torch.optim.X`` and ``gradguard.X`` both ways. Every optimizer also ta
     reads one flag on the host per step). ``"off"``: no check.
 ``backend``
     ``"auto"`` (default, or the ``GRADGUARD_BACKEND`` environment variable): torch's native
-    fused kernel where one is exact for the step (Adam, AdamW, SGD, Adagrad with one shared clip
-    scale), else the ``torch.compile``'d update, else (no compiler) the multi-tensor eager path
-    with a warning. ``"native"``, ``"compiled"``, ``"foreach"`` (the rule run once over lists of
+    fused kernel where one is exact for the step (Adam, AdamW, SGD, Adagrad on contiguous
+    tensors; a clipped step in groups too small to compile gives it gradients clipped into
+    temporaries), else the ``torch.compile``'d update, else (no compiler) the multi-tensor
+    eager path with a warning. No path writes ``.grad``. torch's ``foreach=``/``fused=``
+    flags, where set to True or False, choose the path instead (see ``docs/design.md``). ``"native"``, ``"compiled"``, ``"foreach"`` (the rule run once over lists of
     tensors with torch's ``_foreach_*`` ops, no compiler needed) or ``"eager"`` (the readable
     per-tensor reference) force a path (``"native"`` falls back to compiled where no native
     kernel fits, ``"native"`` and ``"compiled"`` to foreach where nothing compiles).
@@ -150,14 +152,12 @@ class SGD(GuardedOptimizer):
         return group["momentum"] == 0 or group["dampening"] == 0
 
     def _native_update(self, group: dict[str, Any], params: list[Tensor], grads: list[Tensor],
-                       states: list[dict[str, Tensor]], scale: Tensor | None,
-                       skip: Tensor | None) -> None:
+                       states: list[dict[str, Tensor]], skip: Tensor | None) -> None:
         momentum = group["momentum"]
         buffers: list[Tensor | None] = (
             [s["momentum_buffer"] for s in states] if momentum != 0 else [None] * len(params))
         torch_sgd.sgd(
-            params, grads, buffers, fused=True, grad_scale=_inverse(scale),
-            found_inf=_found_inf(skip), weight_decay=group["weight_decay"], momentum=momentum,
+            params, grads, buffers, fused=True, found_inf=_found_inf(skip), weight_decay=group["weight_decay"], momentum=momentum,
             lr=group["lr"], dampening=group["dampening"], nesterov=group["nesterov"],
             maximize=group["maximize"])
 
@@ -183,8 +183,8 @@ class Adam(GuardedOptimizer):
 
     _rule = staticmethod(rules.adam)
     _decoupled_default = False
-    _sparse_error = ("{name} does not support sparse gradients, please consider SparseAdam "
-                     "instead")
+    # torch's words, which AdamW shares
+    _sparse_error = "Adam does not support sparse gradients, please consider SparseAdam instead"
 
     def __init__(
         self,
@@ -233,21 +233,14 @@ class Adam(GuardedOptimizer):
         return True
 
     def _native_update(self, group: dict[str, Any], params: list[Tensor], grads: list[Tensor],
-                       states: list[dict[str, Tensor]], scale: Tensor | None,
-                       skip: Tensor | None) -> None:
+                       states: list[dict[str, Tensor]], skip: Tensor | None) -> None:
         beta1, beta2 = group["betas"]
         torch_adam.adam(
             params, grads, [s["exp_avg"] for s in states], [s["exp_avg_sq"] for s in states],
             [s["max_exp_avg_sq"] for s in states] if group["amsgrad"] else [],
-            [s["step"] for s in states], fused=True, grad_scale=_inverse(scale),
-            found_inf=_found_inf(skip), decoupled_weight_decay=group["decoupled_weight_decay"],
+            [s["step"] for s in states], fused=True, found_inf=_found_inf(skip), decoupled_weight_decay=group["decoupled_weight_decay"],
             amsgrad=group["amsgrad"], beta1=beta1, beta2=beta2, lr=group["lr"],
             weight_decay=group["weight_decay"], eps=group["eps"], maximize=group["maximize"])
-
-
-def _inverse(scale: Tensor | None) -> Tensor | None:
-    """torch's fused kernels divide by ``grad_scale``: hand them the inverse of our scale."""
-    return None if scale is None else (1.0 / scale).to(torch.float32)
 
 
 def _found_inf(skip: Tensor | None) -> Tensor | None:
@@ -537,11 +530,10 @@ class Adagrad(GuardedOptimizer):
         return True
 
     def _native_update(self, group: dict[str, Any], params: list[Tensor], grads: list[Tensor],
-                       states: list[dict[str, Tensor]], scale: Tensor | None,
-                       skip: Tensor | None) -> None:
+                       states: list[dict[str, Tensor]], skip: Tensor | None) -> None:
         torch_adagrad.adagrad(
             params, grads, [s["sum"] for s in states], [s["step"] for s in states], fused=True,
-            grad_scale=_inverse(scale), found_inf=_found_inf(skip), lr=group["lr"],
+            found_inf=_found_inf(skip), lr=group["lr"],
             weight_decay=group["weight_decay"], lr_decay=group["lr_decay"], eps=group["eps"],
             maximize=group["maximize"])
 
