@@ -18,7 +18,8 @@ between ``torch.optim.X`` and ``gradguard.X`` both ways. Every optimizer also ta
     tensors; a clipped step in groups too small to compile gives it gradients clipped into
     temporaries), else the ``torch.compile``'d update, else (no compiler) the multi-tensor
     eager path with a warning. No path writes ``.grad``. torch's ``foreach=``/``fused=``
-    flags, where set to True or False, choose the path instead (see ``docs/design.md``). ``"native"``, ``"compiled"``, ``"foreach"`` (the rule run once over lists of
+    flags, where set to True or False, choose the path instead (see ``docs/design.md``).
+    ``"native"``, ``"compiled"``, ``"foreach"`` (the rule run once over lists of
     tensors with torch's ``_foreach_*`` ops, no compiler needed) or ``"eager"`` (the readable
     per-tensor reference) force a path (``"native"`` falls back to compiled where no native
     kernel fits, ``"native"`` and ``"compiled"`` to foreach where nothing compiles).
@@ -157,7 +158,8 @@ class SGD(GuardedOptimizer):
         buffers: list[Tensor | None] = (
             [s["momentum_buffer"] for s in states] if momentum != 0 else [None] * len(params))
         torch_sgd.sgd(
-            params, grads, buffers, fused=True, found_inf=_found_inf(skip), weight_decay=group["weight_decay"], momentum=momentum,
+            params, grads, buffers, fused=True, found_inf=_found_inf(skip),
+            weight_decay=group["weight_decay"], momentum=momentum,
             lr=group["lr"], dampening=group["dampening"], nesterov=group["nesterov"],
             maximize=group["maximize"])
 
@@ -238,7 +240,8 @@ class Adam(GuardedOptimizer):
         torch_adam.adam(
             params, grads, [s["exp_avg"] for s in states], [s["exp_avg_sq"] for s in states],
             [s["max_exp_avg_sq"] for s in states] if group["amsgrad"] else [],
-            [s["step"] for s in states], fused=True, found_inf=_found_inf(skip), decoupled_weight_decay=group["decoupled_weight_decay"],
+            [s["step"] for s in states], fused=True, found_inf=_found_inf(skip),
+            decoupled_weight_decay=group["decoupled_weight_decay"],
             amsgrad=group["amsgrad"], beta1=beta1, beta2=beta2, lr=group["lr"],
             weight_decay=group["weight_decay"], eps=group["eps"], maximize=group["maximize"])
 
