@@ -127,6 +127,7 @@ class ReferenceLARS(_ReferenceOptimizer):
         exclude_bias_and_norm: bool = False,
         *,
         maximize: bool = False,
+        differentiable: bool = False,
     ) -> None:
         defaults = {
             "lr": lr,
@@ -135,6 +136,7 @@ class ReferenceLARS(_ReferenceOptimizer):
             "trust_coefficient": trust_coefficient,
             "exclude_bias_and_norm": exclude_bias_and_norm,
             "maximize": maximize,
+            "differentiable": differentiable,  # accepted, as gradguard's (not differentiated)
         }
         super().__init__(params, defaults)
 
@@ -166,6 +168,7 @@ class ReferenceLAMB(_ReferenceOptimizer):
         weight_decay: float = 0.0,
         *,
         maximize: bool = False,
+        differentiable: bool = False,
     ) -> None:
         defaults = {
             "lr": lr,
@@ -173,6 +176,7 @@ class ReferenceLAMB(_ReferenceOptimizer):
             "eps": eps,
             "weight_decay": weight_decay,
             "maximize": maximize,
+            "differentiable": differentiable,  # accepted, as gradguard's (not differentiated)
         }
         super().__init__(params, defaults)
 
@@ -207,8 +211,10 @@ class ReferenceLion(_ReferenceOptimizer):
         weight_decay: float = 0.0,
         *,
         maximize: bool = False,
+        differentiable: bool = False,
     ) -> None:
-        defaults = {"lr": lr, "betas": betas, "weight_decay": weight_decay, "maximize": maximize}
+        defaults = {"lr": lr, "betas": betas, "weight_decay": weight_decay, "maximize": maximize,
+                    "differentiable": differentiable}  # as gradguard's (not differentiated)
         super().__init__(params, defaults)
 
     def _update(self, p: torch.Tensor, g: torch.Tensor, state: dict, group: dict) -> None:

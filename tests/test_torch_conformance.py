@@ -23,9 +23,9 @@ Adamax        yes      no     yes             no      yes      yes
 RMSprop       yes      no     yes             no      yes      yes
 Adagrad       yes      yes    yes             yes     yes      yes
 Adadelta      yes      no     yes             no      yes      yes
-LARS          no       no     no              no      yes      yes
-LAMB          no       no     no              no      yes      yes
-Lion          no       no     no              no      yes      yes
+LARS          no       no     yes             no      yes      yes
+LAMB          no       no     yes             no      yes      yes
+Lion          no       no     yes             no      yes      yes
 ============  =======  =====  ==============  ======  =======  =========
 
 Why a test is not generated:
@@ -34,10 +34,12 @@ Why a test is not generated:
   OptimizerInfo.supported_impls (``fused`` only where supports_fused_on includes "cpu": SGD,
   Adam, AdamW, Adagrad). LARS, LAMB and Lion have neither flag (they are not torch.optim
   optimizers; gradguard chooses their backend with ``backend=``), so they run the default only.
-- ``differentiable`` (test_differentiable_*): a torch.optim flag that LARS, LAMB and Lion do
-  not take; their steps are not differentiable by contract. The variants of the other tests
-  leave differentiable out as torch's tests do (a differentiable step is in-place on leaf
-  parameters, which autograd forbids; see pytorch#116490).
+- ``differentiable``: LARS, LAMB and Lion take the flag too (gradcheck here, and for every
+  clip policy in tests/test_dropin_regressions.py), but their float64 references cannot be
+  differentiated, so test_differentiable_grad_matches_torch runs for the torch entries only.
+  The variants of the other tests leave differentiable out as torch's tests do (a
+  differentiable step is in-place on leaf parameters, which autograd forbids; see
+  pytorch#116490).
 - ``sparse`` (test_sparse_*): only SGD and Adagrad have a sparse update (torch's
   supports_sparse); for every other entry test_errors checks torch's error for a sparse
   gradient instead. Fused variants take no sparse gradients (torch raises), so the sparse
@@ -261,7 +263,7 @@ class Entry:
 
 _INFOS = {info.name: info for info in optim_db}
 TORCH_NAMES = ("SGD", "Adam", "AdamW", "NAdam", "Adamax", "RMSprop", "Adagrad", "Adadelta")
-OWN = frozenset({"complex", "tensor_lr"})
+OWN = frozenset({"complex", "tensor_lr", "differentiable"})
 
 TABLE: list[Entry] = [
     *(Entry(name, getattr(torch.optim, name), _INFOS[name]) for name in TORCH_NAMES),
@@ -787,7 +789,7 @@ def test_differentiable_gradcheck(entry: Entry, index: int, clip: str | None) ->
     assert torch.autograd.gradcheck(fn, inputs)
 
 
-@pytest.mark.parametrize(("entry", "index"), configs("differentiable"))
+@pytest.mark.parametrize(("entry", "index"), configs("differentiable", torch_only=True))
 def test_differentiable_grad_matches_torch(entry: Entry, index: int) -> None:
     kwargs, keys, fixed, inputs = _diff_case(entry, index)
     weights = [_randn(*t.shape, seed=60 + i, dtype=torch.float64) for i, t in enumerate(inputs)]

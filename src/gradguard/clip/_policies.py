@@ -474,7 +474,10 @@ class ZClip(ClipPolicy):
         new = {"count": count + 1, "warmup_norms": collected, "mean": new_mean, "var": new_var}
         self._state = {k: _commit(st[k], v, skip) for k, v in new.items()}
         self.last_threshold = threshold
-        scale = _ratio_scale(threshold, n).to(norm.dtype)  # float64 gradients keep float64
+        # No threshold (warm-up, no spike): divide n by itself, which is 1 exactly, rather than
+        # inf by n, whose derivative (differentiable steps) is inf * 0 = NaN.
+        bounded = torch.where(torch.isinf(threshold), n + _EPS, threshold)
+        scale = _ratio_scale(bounded, n).to(norm.dtype)  # float64 gradients keep float64
         return ClipDecision([scale] * len(idx), None, scale, n > threshold)
 
     def state_dict(self) -> dict[str, Any]:

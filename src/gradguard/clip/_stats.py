@@ -230,7 +230,9 @@ class GradStats:
         cached = self._param_norms.get(i)
         if cached is not None:
             return cached
-        p = self.params[i].detach()
+        # In a differentiable step the norm stays in the graph, on a copy: the step then
+        # writes the parameter itself, which backward must not find changed.
+        p = self.params[i].clone() if torch.is_grad_enabled() else self.params[i].detach()
         if not is_dtensor(p):
             return unitwise_norm(p)
         if not rows_whole(p):

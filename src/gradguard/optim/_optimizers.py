@@ -624,6 +624,7 @@ class LARS(GuardedOptimizer):
         exclude_bias_and_norm: bool = False,
         *,
         maximize: bool = False,
+        differentiable: bool = False,
         clip: ClipArg = None,
         nonfinite: str = "skip",
         max_consecutive_skips: int = 10,
@@ -636,7 +637,8 @@ class LARS(GuardedOptimizer):
         check_nonneg("trust_coefficient", trust_coefficient)
         defaults = {"lr": lr, "momentum": momentum, "weight_decay": weight_decay,
                     "trust_coefficient": trust_coefficient,
-                    "exclude_bias_and_norm": exclude_bias_and_norm, "maximize": maximize}
+                    "exclude_bias_and_norm": exclude_bias_and_norm, "maximize": maximize,
+                    "differentiable": differentiable}
         super().__init__(params, defaults, clip=clip, nonfinite=nonfinite,
                          max_consecutive_skips=max_consecutive_skips, backend=backend,
                          measure_in_backward=measure_in_backward)
@@ -671,6 +673,7 @@ class LAMB(GuardedOptimizer):
         weight_decay: float = 0.0,
         *,
         maximize: bool = False,
+        differentiable: bool = False,
         clip: ClipArg = None,
         nonfinite: str = "skip",
         max_consecutive_skips: int = 10,
@@ -682,7 +685,8 @@ class LAMB(GuardedOptimizer):
         check_betas(betas)
         check_nonneg("weight_decay", weight_decay)
         defaults = {"lr": lr, "betas": betas, "eps": eps, "weight_decay": weight_decay,
-                    "maximize": maximize}
+                    "maximize": maximize,
+                    "differentiable": differentiable}
         super().__init__(params, defaults, clip=clip, nonfinite=nonfinite,
                          max_consecutive_skips=max_consecutive_skips, backend=backend,
                          measure_in_backward=measure_in_backward)
@@ -717,6 +721,7 @@ class Lion(GuardedOptimizer):
         weight_decay: float = 0.0,
         *,
         maximize: bool = False,
+        differentiable: bool = False,
         clip: ClipArg = None,
         nonfinite: str = "skip",
         max_consecutive_skips: int = 10,
@@ -726,7 +731,8 @@ class Lion(GuardedOptimizer):
         _check_lr(lr)
         check_betas(betas)
         check_nonneg("weight_decay", weight_decay)
-        defaults = {"lr": lr, "betas": betas, "weight_decay": weight_decay, "maximize": maximize}
+        defaults = {"lr": lr, "betas": betas, "weight_decay": weight_decay, "maximize": maximize,
+                    "differentiable": differentiable}
         super().__init__(params, defaults, clip=clip, nonfinite=nonfinite,
                          max_consecutive_skips=max_consecutive_skips, backend=backend,
                          measure_in_backward=measure_in_backward)
