@@ -518,6 +518,16 @@ def _weight_bias(contiguous: bool, seed: int) -> list[Parameter]:
             Parameter(_randn(10, 2, seed=seed + 1)[..., 0])]
 
 
+def _closure(opt: Optimizer, w: Tensor, b: Tensor, x: Tensor) -> Callable[[], Tensor]:
+    """The loss ``|w x + b|^2`` with its gradients, as a step's closure."""
+    def closure() -> Tensor:
+        opt.zero_grad()
+        loss = (w.mv(x) + b).pow(2).sum()
+        loss.backward()
+        return loss.detach()
+    return closure
+
+
 @pytest.mark.parametrize("contiguous", [True, False], ids=["contiguous", "strided"])
 @pytest.mark.parametrize(("entry", "index"), configs())
 def test_goes_right_direction(entry: Entry, index: int, contiguous: bool) -> None:
@@ -529,12 +539,7 @@ def test_goes_right_direction(entry: Entry, index: int, contiguous: bool) -> Non
         opt = entry.make([w, b], kwargs)
         schedulers = [s(opt) for s in (sched or [])]
 
-        def closure(opt: Optimizer = opt, w: Tensor = w, b: Tensor = b,
-                    x: Tensor = x) -> Tensor:
-            opt.zero_grad()
-            loss = (w.mv(x) + b).pow(2).sum()
-            loss.backward()
-            return loss.detach()
+        closure = _closure(opt, w, b, x)
 
         initial = float(closure())
         for _ in range(20):
@@ -556,12 +561,7 @@ def test_param_groups_with_schedulers_go_right_direction(entry: Entry) -> None:
         opt = entry.make([{"params": [w]}, {"params": [b], "lr": 0.01}], {})
         schedulers = [s(opt) for s in sched]
 
-        def closure(opt: Optimizer = opt, w: Tensor = w, b: Tensor = b,
-                    x: Tensor = x) -> Tensor:
-            opt.zero_grad()
-            loss = (w.mv(x) + b).pow(2).sum()
-            loss.backward()
-            return loss.detach()
+        closure = _closure(opt, w, b, x)
 
         initial = float(closure())
         for _ in range(20):
