@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import json
 import math
@@ -93,6 +94,28 @@ def _line_task() -> tasks.Task:
                       metric_fn=lambda o, t: torch.nn.functional.mse_loss(o, t).item(),
                       metric_name="mse", higher_is_better=False, target=0.1, steps=60,
                       batch_size=32, eval_every=20)
+
+
+def test_batch_size_reaches_training() -> None:
+    """``--batch-size`` (RunConfig.batch_size) is the size of the batches trained on: it was
+    ignored (every run drew the task's own size, while the record showed the one asked for)."""
+    task = tasks.get("digits")
+    seen: list[int] = []
+    loss_fn = task.loss_fn
+
+    def spy(out: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        seen.append(out.shape[0])
+        return loss_fn(out, target)
+
+    task = dataclasses.replace(task, loss_fn=spy)
+    records = {}
+    for size in (1, 7, 64):
+        seen.clear()
+        records[size] = train_one(task, _cfg(batch_size=size, steps=12, eval_every=6))
+        assert set(seen) >= {size}, (size, sorted(set(seen)))
+        assert records[size]["config"]["batch_size"] == size
+    finals = {size: rec["curves"]["train_loss"][-1] for size, rec in records.items()}
+    assert len(set(finals.values())) == 3, finals
 
 
 def test_train_one_marks_divergence() -> None:

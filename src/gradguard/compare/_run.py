@@ -96,7 +96,7 @@ def train_one(task: Task, cfg: RunConfig) -> dict[str, Any]:
     opt = make_optimizer(cfg.optimizer, model.parameters(), cfg.lr, cfg.clip)
     sched = None if cfg.schedule == "constant" else parse_schedule(cfg.schedule, opt, cfg.steps)
     takes_metrics = sched is not None and _takes_metrics(sched)
-    draw = batches(task, torch.Generator().manual_seed(10_000 + cfg.seed))
+    draw = batches(task, torch.Generator().manual_seed(10_000 + cfg.seed), cfg.batch_size)
     policy = getattr(opt, "clip", None)
     # AutoClip and ZClip have a threshold only once they have stepped.
     has_thr = isinstance(policy, AutoClip | ZClip) or _threshold(policy) is not None

@@ -118,13 +118,18 @@ class Task:
         }
 
 
-def batches(task: Task, generator: torch.Generator) -> Callable[[], tuple[Tensor, Tensor]]:
-    """A function returning a fresh random training batch of ``task`` on each call."""
+def batches(task: Task, generator: torch.Generator,
+            batch_size: int | None = None) -> Callable[[], tuple[Tensor, Tensor]]:
+    """A function returning a fresh random training batch of ``task`` on each call:
+    ``batch_size`` rows (default: the task's ``batch_size``)."""
     x, y = task.train
     n = x.shape[0]
+    size = task.batch_size if batch_size is None else batch_size
+    if isinstance(size, bool) or not isinstance(size, int) or size < 1:
+        raise ValueError(f"Invalid batch_size: {size!r}; must be an integer >= 1")
 
     def draw() -> tuple[Tensor, Tensor]:
-        idx = torch.randint(0, n, (task.batch_size,), generator=generator)
+        idx = torch.randint(0, n, (size,), generator=generator)
         return x[idx], y[idx]
 
     return draw
