@@ -265,6 +265,15 @@ def test_interrupted_sweep_resumes_without_retraining(tmp_path: Path) -> None:
     (["bench", "--width", "0"], "invalid --width 0; must be >= 1"),
     (["report", "/nonexistent/folder"], "no readable sweep.json"),
     (["frobnicate"], "invalid choice: 'frobnicate'"),
+    # empty values: refused, not read as the default (issue 14, item 6)
+    (["compare", "--task", ""], "argument --task: invalid value '': must not be empty"),
+    (["compare", "--optimizers", ""], "argument --optimizers: invalid value ''"),
+    (["compare", "--clip", " "], "argument --clip: invalid value ' '"),
+    (["compare", "--out", ""], "argument --out: invalid value ''"),
+    (["compare", "--schedule", ""], "argument --schedule: invalid value ''"),
+    (["compare", "--schedule", ";;"], "invalid --schedule ';;': no schedule spec"),
+    (["lr-find", "--task", ""], "argument --task: invalid value ''"),
+    (["lr-find", "--out", ""], "argument --out: invalid value ''"),
 ])
 def test_bad_input_exits_2_with_the_choices(argv: list[str], expected: str,
                                             capsys: pytest.CaptureFixture[str]) -> None:

@@ -68,6 +68,21 @@ def _positive(convert: Callable[[str], _Num], must: str) -> Callable[[str], _Num
 
 
 _positive_int = _positive(int, "an integer >= 1")
+
+
+def _nonempty(text: str) -> str:
+    """An argparse ``type`` for names, lists and specs: an empty value is refused, never read
+    as "the default"."""
+    if not text.strip():
+        raise argparse.ArgumentTypeError(f"invalid value {text!r}: must not be empty (leave the "
+                                         "option out for its default)")
+    return text
+
+
+def _folder(text: str) -> Path:
+    """An argparse ``type`` for --out: a non-empty path (an empty one would mean the current
+    folder)."""
+    return Path(_nonempty(text))
 _positive_float = _positive(float, "a number > 0")
 
 
@@ -113,12 +128,15 @@ def _add_compare(sub: Any) -> None:
                "--optimizers adam,sgd,rmsprop --clip none,global_norm:1,zclip:2.5 "
                "--lr 1e-4:1:9 --seeds 3",
         formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--task", help=f"the task: {_task_choices()} (default: digits)")
-    p.add_argument("--optimizers", help="comma-separated, from: " + ", ".join(OPTIMIZERS)
+    p.add_argument("--task", type=_nonempty,
+                   help=f"the task: {_task_choices()} (default: digits)")
+    p.add_argument("--optimizers", type=_nonempty,
+                   help="comma-separated, from: " + ", ".join(OPTIMIZERS)
                    + f" (default with --task: {TASK_DEFAULTS['optimizers']})")
-    p.add_argument("--clip", help="comma-separated clip specs, each one of: " + CLIP_FORMS
+    p.add_argument("--clip", type=_nonempty,
+                   help="comma-separated clip specs, each one of: " + CLIP_FORMS
                    + f" (default with --task: {TASK_DEFAULTS['clip']})")
-    p.add_argument("--schedule", action="append",
+    p.add_argument("--schedule", action="append", type=_nonempty,
                    help="a schedule spec; repeat the option (or separate specs with ';') for "
                         "several (default: constant). Forms: " + SCHEDULE_FORMS)
     p.add_argument("--lr", default="auto",
@@ -134,7 +152,7 @@ def _add_compare(sub: Any) -> None:
                    "(default: the task's)")
     p.add_argument("--workers", type=_positive_int,
                    help=f"parallel training processes (default: one per core, {os.cpu_count()})")
-    p.add_argument("--out", type=Path, help="output folder (default: gradguard-runs/TASK)")
+    p.add_argument("--out", type=_folder, help="output folder (default: gradguard-runs/TASK)")
     p.add_argument("--fresh", action="store_true",
                    help="train every run again instead of reusing finished runs in --out")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -158,6 +176,9 @@ def _configs(ap: argparse.ArgumentParser, args: argparse.Namespace, task: tasks.
     schedules = ["constant"]
     if args.schedule:
         schedules = [s.strip() for v in args.schedule for s in v.split(";") if s.strip()]
+        if not schedules:
+            ap.error(f"invalid --schedule {';'.join(args.schedule)!r}: no schedule spec; valid "
+                     f"forms: {SCHEDULE_FORMS}")
     for spec in schedules:
         try:
             check_schedule(spec, steps)
@@ -288,16 +309,17 @@ def _add_lr_find(sub: Any) -> None:
                        description="Run the LR range test (Smith 2017) on a task's model: the "
                                    "LR grows each step; the loss curve gives a suggested LR "
                                    "and the gradient norms a clip threshold.")
-    p.add_argument("--task", default="digits", help=f"the task: {_task_choices()}")
+    p.add_argument("--task", default="digits", type=_nonempty,
+                   help=f"the task: {_task_choices()}")
     p.add_argument("--optimizer", default="adam", choices=list(OPTIMIZERS), metavar="NAME",
                    help="one of: " + ", ".join(OPTIMIZERS) + " (default: adam)")
-    p.add_argument("--clip", default="none", help="clip spec used during the test (default: "
-                   "none); one of: " + CLIP_FORMS)
+    p.add_argument("--clip", default="none", type=_nonempty,
+                   help="clip spec used during the test (default: none); one of: " + CLIP_FORMS)
     p.add_argument("--start-lr", type=_positive_float, default=1e-7)
     p.add_argument("--end-lr", type=_positive_float, default=10.0)
     p.add_argument("--steps", type=_positive_int, default=100, help="sweep steps (100)")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--out", type=Path, help="folder for lr_finder.json and lr_finder.png "
+    p.add_argument("--out", type=_folder, help="folder for lr_finder.json and lr_finder.png "
                    "(default: gradguard-runs/lr-find-TASK-OPTIMIZER)")
     p.set_defaults(func=_lr_find, parser=p)
 
