@@ -422,3 +422,24 @@ def test_user_task_by_module_function(tmp_path: Path, monkeypatch: pytest.Monkey
                  "--out", "out"]) == 0
     (run,) = [json.loads(p.read_text()) for p in (tmp_path / "out" / "runs").glob("*.json")]
     assert run["config"]["task"] == "my_tasks:line" and run["trained"] is True
+
+
+def test_a_planted_module_in_the_working_folder_does_not_run(tmp_path: Path) -> None:
+    """A file named like a library in the folder gradguard runs from (sklearn.py) must not run
+    in its place, in the parent or in the workers (issue 14, item 10): the current folder was
+    put first on sys.path in every worker."""
+    marker = tmp_path / "planted-ran"
+    (tmp_path / "sklearn.py").write_text(
+        f"open({str(marker)!r}, 'a').write('x')\nraise ImportError('planted')\n")
+    script = Path(sys.executable).parent / "gradguard"
+    cmd = ([str(script)] if script.exists()
+           else [sys.executable, "-c", "import sys; from gradguard.cli import main; "
+                 "sys.exit(main(sys.argv[1:]))"])
+    env = {**os.environ, "PYTHONPATH": ""}
+    proc = subprocess.run(
+        [*cmd, "compare", "--task", "digits", "--optimizers", "adam", "--clip", "none",
+         "--lr", "0.001", "--seeds", "2", "--steps", "4", "--workers", "2", "--no-progress",
+         "--out", str(tmp_path / "out")],
+        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    assert not marker.exists(), "the planted sklearn.py ran"

@@ -53,12 +53,13 @@ def load_records(out_dir: Path, configs: Sequence[RunConfig]) -> dict[str, dict[
 _WORKER_OUT: Path | None = None
 
 
-def _init_worker(out_dir: str, cwd: str, threads: int) -> None:
+def _init_worker(out_dir: str, threads: int) -> None:
     global _WORKER_OUT
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent handles Ctrl-C and stops us
     torch.set_num_threads(threads)
-    if cwd not in sys.path:
-        sys.path.insert(0, cwd)
+    # The current folder is not put on sys.path here: a file in it named like a library
+    # (sklearn.py) would run in place of the library. tasks.load adds it, last, for a user's
+    # own module:function task only.
     _WORKER_OUT = Path(out_dir)
 
 
@@ -138,7 +139,7 @@ def run_sweep(configs: Sequence[RunConfig], out_dir: Path, *, workers: int | Non
         else:
             ctx = mp.get_context("spawn")
             pool = ctx.Pool(min(workers, len(todo)), initializer=_init_worker,
-                            initargs=(str(out_dir), os.getcwd(), threads_per_worker))
+                            initargs=(str(out_dir), threads_per_worker))
             results = pool.imap_unordered(_work, todo, chunksize=1)
             for rec in results:
                 done[rec["id"]] = rec

@@ -170,15 +170,16 @@ def get(name: str) -> Task:
 
 
 def load(spec: str) -> Task:
-    """Import ``"module:function"`` (the current directory is searched too) and call it: it must
-    return a :class:`Task`."""
+    """Import ``"module:function"`` (the current directory is searched too, after the installed
+    packages, so that a file there cannot stand in for a library) and call it: it must return a
+    :class:`Task`."""
     module_name, _, func_name = spec.partition(":")
     if not module_name or not func_name:
         raise ValueError(f"Invalid task: {spec!r}; a task of your own is given as "
                          "module:function")
     cwd = str(Path.cwd())
     if cwd not in sys.path:
-        sys.path.insert(0, cwd)
+        sys.path.append(cwd)
     try:
         module = importlib.import_module(module_name)
     except ImportError as e:
