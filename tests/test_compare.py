@@ -274,6 +274,14 @@ def test_interrupted_sweep_resumes_without_retraining(tmp_path: Path) -> None:
     (["compare", "--schedule", ";;"], "invalid --schedule ';;': no schedule spec"),
     (["lr-find", "--task", ""], "argument --task: invalid value ''"),
     (["lr-find", "--out", ""], "argument --out: invalid value ''"),
+    # were tracebacks (issue 14, item 4)
+    (["lr-find", "--end-lr", "inf"], "invalid --end-lr inf: must be a finite number > 0"),
+    (["lr-find", "--steps", "1"], "invalid --steps 1: the range test needs at least 2 steps"),
+    (["lr-find", "--seed", "99999999999999999999999"], "must be an integer in [0, 2**63)"),
+    (["bench", "--sizes", "0.01", "--width", "100000000"],
+     "invalid --width 100000000: one transformer block of that width holds"),
+    (["compare", "--task", "json:dumps"],
+     "dumps() must take no arguments and return a gradguard.tasks.Task"),
 ])
 def test_bad_input_exits_2_with_the_choices(argv: list[str], expected: str,
                                             capsys: pytest.CaptureFixture[str]) -> None:

@@ -326,6 +326,11 @@ def run(args: argparse.Namespace, ap: argparse.ArgumentParser) -> int:
         ap.error(f"invalid --reps {args.reps}; must be >= 1")
     if args.width < 1:
         ap.error(f"invalid --width {args.width}; must be >= 1")
+    block = sum(int(torch.Size(s).numel()) for s in transformer_shapes(1, args.width))
+    if block > max(2 * max(sizes) * 1e6, 1e8):
+        ap.error(f"invalid --width {args.width}: one transformer block of that width holds "
+                 f"{block:,} parameters, more than 100M and than twice the largest --sizes "
+                 f"({max(sizes):g}M); give a smaller width or a larger size")
     steady = not args.default_malloc and steady_allocator()
     print(f"malloc: {'steady (glibc mallopt: freed memory is kept)' if steady else 'as is'}; "
           f"torch {torch.__version__}, {torch.get_num_threads()} threads")

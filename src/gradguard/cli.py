@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import datetime as _dt
 import json
+import math
 import os
 import shlex
 import sys
@@ -335,6 +336,13 @@ def _lr_find(ap: argparse.ArgumentParser, args: argparse.Namespace) -> int:
         clip = canonical_clip(args.clip)
     except (ValueError, TypeError) as e:
         ap.error(f"invalid --clip {args.clip!r}: {e}")
+    for name, value in (("--start-lr", args.start_lr), ("--end-lr", args.end_lr)):
+        if not math.isfinite(value):
+            ap.error(f"invalid {name} {value:g}: must be a finite number > 0")
+    if args.steps < 2:
+        ap.error(f"invalid --steps {args.steps}: the range test needs at least 2 steps")
+    if not 0 <= args.seed < 2**63:
+        ap.error(f"invalid --seed {args.seed}: must be an integer in [0, 2**63)")
     if args.start_lr >= args.end_lr:
         ap.error(f"invalid --start-lr {args.start_lr:g}: must be below --end-lr "
                  f"{args.end_lr:g}")

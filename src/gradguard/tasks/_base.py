@@ -188,7 +188,12 @@ def load(spec: str) -> Task:
     if not callable(func):
         raise ValueError(f"Invalid task: {spec!r}; {module_name!r} has no function "
                          f"{func_name!r}")
-    task = func()
+    try:
+        task = func()
+    except Exception as e:  # e.g. a function that needs arguments: json:dumps
+        raise ValueError(f"Invalid task: {spec!r}; {func_name}() must take no arguments and "
+                         f"return a gradguard.tasks.Task, but calling it raised "
+                         f"{type(e).__name__}: {e}") from e
     if not isinstance(task, Task):
         raise ValueError(f"Invalid task: {spec!r}; {func_name}() returned "
                          f"{type(task).__name__}, not gradguard.tasks.Task")
