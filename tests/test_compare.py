@@ -13,6 +13,7 @@ import sys
 import time
 from html.parser import HTMLParser
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -451,3 +452,27 @@ def test_a_planted_module_in_the_working_folder_does_not_run(tmp_path: Path) -> 
         cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr
     assert not marker.exists(), "the planted sklearn.py ran"
+
+
+def test_ctrl_c_after_the_last_run_says_the_sweep_is_complete(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    """A Ctrl-C that lands after every run has finished (issue 14, item 8): the sweep is
+    complete, so the message must not ask for the command to be run again."""
+    from gradguard.compare import _sweep
+
+    real = _sweep.run_sweep
+
+    def interrupted_at_the_end(*args: Any, **kwargs: Any) -> Any:
+        result = real(*args, **kwargs)
+        result.interrupted = True  # as if SIGINT arrived as the pool shut down
+        return result
+
+    monkeypatch.setattr(_sweep, "run_sweep", interrupted_at_the_end)
+    argv = ["compare", "--task", "digits", "--optimizers", "adam", "--clip", "none", "--lr",
+            "0.001", "--seeds", "1", "--steps", "4", "--workers", "1", "--no-progress",
+            "--out", str(tmp_path / "out")]
+    assert main(argv) == 130
+    err = capsys.readouterr().err
+    assert "all 1 runs are saved" in err and "report is complete" in err, err
+    assert "run the same command again" not in err, err

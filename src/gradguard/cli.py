@@ -261,9 +261,13 @@ def _compare(ap: argparse.ArgumentParser, args: argparse.Namespace) -> int:
     paths = write_report(out, result.records, meta)
     _print_summary(paths)
     if result.interrupted:
-        print(f"\ninterrupted: {len(result.records)} of {len(configs)} runs are saved in "
-              f"{out / 'runs'}; run the same command again to finish the sweep",
-              file=sys.stderr)
+        if len(result.records) == len(configs):  # Ctrl-C came after the last run
+            print(f"\ninterrupted after the last run: all {len(configs)} runs are saved in "
+                  f"{out / 'runs'} and the report is complete", file=sys.stderr)
+        else:
+            print(f"\ninterrupted: {len(result.records)} of {len(configs)} runs are saved in "
+                  f"{out / 'runs'}; run the same command again to finish the sweep",
+                  file=sys.stderr)
         return EXIT_INTERRUPTED
     print(f"\n{len(configs)} runs ({result.trained_now} trained now, {result.reused} reused) "
           f"in {result.seconds:.0f} s", file=sys.stderr)
