@@ -610,3 +610,21 @@ def test_empty_sweep_report(real: Any, tmp_path: Path) -> None:
     md = paths["markdown"].read_text()
     assert "0 of 6 runs finished" in md and "No runs finished" in md
     assert all(p.read_bytes().startswith(PNG) for p in paths["plots"])
+
+
+def test_markdown_escapes_the_users_text(real: Any, tmp_path: Path) -> None:
+    """A custom task's name, description and metric name are the user's text: report.md must
+    not carry their HTML raw (issue 14, item 9); report.html escapes it too."""
+    records, info = real
+    hostile = "<img src=x onerror=alert(1)>"
+    info = {**info, "name": f"mine{hostile}", "description": f"about {hostile} & more",
+            "metric": f"acc<b>{hostile}"}
+    meta = _meta(info, records)
+    meta["command"] = f"gradguard compare --task 'mine:make' # {hostile}"
+    paths = write_report(tmp_path, records, meta)
+    md = paths["markdown"].read_text()
+    body = md.split("```")[0] + md.split("```")[-1]  # outside the command's code block
+    assert "<img" not in body and "<b>" not in body
+    assert "mine&lt;img src=x onerror=alert(1)&gt;" in md
+    assert hostile in md.split("```")[1]  # the command, shown as typed, in its code block
+    assert hostile not in paths["html"].read_text()

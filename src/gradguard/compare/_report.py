@@ -1143,8 +1143,9 @@ def _render_markdown(summary: dict[str, Any], meta: dict[str, Any]) -> str:
     task = summary["task"]
     rec = summary["recommendation"]
     lines = [f"# gradguard compare: {task.get('name')}", ""]
-    if meta.get("command"):
-        lines += ["```", str(meta["command"]), "```", ""]
+    command: list[str] = []
+    if meta.get("command"):  # a code block, shown as it is: not escaped, kept on one line
+        command = ["```", " ".join(str(meta["command"]).split()).replace("`", "'"), "```", ""]
     for k, v in _what_ran(summary, meta):
         if k != "command":
             lines.append(f"- **{k}**: {v}")
@@ -1166,7 +1167,10 @@ def _render_markdown(summary: dict[str, Any], meta: dict[str, Any]) -> str:
         lines += [f"![{name}](plots/{name}.png)", "", captions[name], ""]
     lines += ["## Definitions", ""]
     lines += [f"- **{k}**: {v}" for k, v in DEFINITIONS]
-    return "\n".join(lines) + "\n"
+    # Task names, descriptions and metric names are the user's text (a custom task's): no HTML
+    # of theirs reaches a renderer of report.md. Our own markdown uses none.
+    lines = [html.escape(line, quote=False) for line in lines]
+    return "\n".join(lines[:2] + command + lines[2:]) + "\n"
 
 
 # -- writing ----------------------------------------------------------------------------------
