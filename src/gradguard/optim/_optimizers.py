@@ -51,7 +51,7 @@ from .._validation import (
 )
 from ..clip import ClipPolicy
 from ._backends import update_tensors
-from ._base import GuardedOptimizer, _scalar
+from ._base import _NOT_HPARAMS, GuardedOptimizer, _scalar
 from ._sparse import adagrad_sparse, sgd_sparse
 
 __all__ = ["LAMB", "LARS", "SGD", "Adadelta", "Adagrad", "Adam", "AdamW", "Adamax", "Lion",
@@ -140,8 +140,7 @@ class SGD(GuardedOptimizer):
         # Momentum or weight decay make torch's update dense: the reference on the dense
         # gradient computes the same.
         fresh = self._fresh.get(p)
-        hparams = {k: _scalar(v) for k, v in group.items()
-                   if k not in ("params", "param_names", "clip", "initial_lr", "lr")}
+        hparams = {k: _scalar(v) for k, v in group.items() if k not in _NOT_HPARAMS}
         update_tensors(type(self)._rule, [p], [g.to_dense()], [state], [scale], clamp, [fresh],
                        skip, _scalar(group["lr"]), hparams)
         if fresh is not None:
