@@ -27,6 +27,7 @@ import torch
 
 from gradguard.compare import _report
 from gradguard.compare._grid import RunConfig
+from gradguard.compare._records import check_record
 from gradguard.compare._report import summarize, write_report
 from gradguard.compare._run import train_one
 from gradguard.tasks import get
@@ -87,8 +88,12 @@ def _outcome(rec: dict[str, Any], lr: float, result: float | str | None,
     r["error"] = ("non-finite gradients for 3 consecutive steps" if result == "diverged"
                   else "RuntimeError: boom")
     r["final"] = {"train_loss": None, "val_loss": None, "metric": None}
-    for key in ("train_loss", "val_loss", "metric"):
-        r["curves"][key][-1] = None
+    # the curves stop where the run stopped, with a last evaluation of its non-finite end
+    keep = sum(step < half + 1 for step in r["curves"]["step"])
+    r["curves"] = {key: values[:keep] for key, values in r["curves"].items()}
+    r["curves"]["step"].append(half + 1)
+    for key in ("train_loss", "val_loss", "metric", "lr"):
+        r["curves"][key].append(None if key != "lr" else r["curves"]["lr"][-1])
     r["grad"]["norm"] = [*r["grad"]["norm"][:half], None]
     if r["grad"]["threshold"] is not None:
         r["grad"]["threshold"] = [*r["grad"]["threshold"][:half], None]
@@ -102,9 +107,13 @@ def _outcome(rec: dict[str, Any], lr: float, result: float | str | None,
 Spec = dict[str, dict[float, list[Any]]]
 
 
-def _build(real_records: list[dict[str, Any]], spec: Spec) -> list[dict[str, Any]]:
+def _build(real_records: list[dict[str, Any]], spec: Spec,
+           target: tuple[bool, float] = (True, 0.3)) -> list[dict[str, Any]]:
     """Records from ``{clip: {lr: [outcome per seed]}}``; an outcome is ``(metric, trained)``,
-    ``"diverged"``, ``"error"`` or None (that seed has no record)."""
+    ``"diverged"``, ``"error"`` or None (that seed has no record). ``trained`` states what the
+    metric means under ``target`` (higher is better, target value), which the report derives
+    on its own; a spec whose flag disagrees with its metric is a broken test."""
+    hib, value = target
     out = []
     for clip, by_lr in spec.items():
         for lr, seeds in by_lr.items():
@@ -112,8 +121,13 @@ def _build(real_records: list[dict[str, Any]], spec: Spec) -> list[dict[str, Any
                 if o is None:
                     continue
                 rec = _template(real_records, clip, seed)
-                out.append(_outcome(rec, lr, *o) if isinstance(o, tuple)
-                           else _outcome(rec, lr, o))
+                if isinstance(o, tuple):
+                    metric, trained = o
+                    assert trained == (metric >= value if hib else metric <= value), o
+                    out.append(_outcome(rec, lr, metric, trained))
+                else:
+                    out.append(_outcome(rec, lr, o))
+                assert check_record(out[-1]) is None, check_record(out[-1])
     return out
 
 
@@ -122,7 +136,14 @@ def _setting(summary: dict[str, Any], clip: str) -> dict[str, Any]:
 
 
 # -- an independent recomputation -------------------------------------------------------------
-def _reference(records: list[dict[str, Any]], hib: bool, seeds: int) -> dict[Any, Any]:
+def _reference(records: list[dict[str, Any]], hib: bool, seeds: int,
+               target: float) -> dict[Any, Any]:
+    """The summary's numbers recomputed from the records' numbers; a run trained when its
+    status is ok and its final metric is on the right side of ``target`` (whatever its
+    ``trained`` field says)."""
+    records = [{**r, "trained": r["status"] == "ok" and (
+        r["final"]["metric"] >= target if hib else r["final"]["metric"] <= target)}
+        for r in records]
     cells: dict[Any, list[dict[str, Any]]] = defaultdict(list)
     grids: dict[str, set[float]] = defaultdict(set)
     for r in records:
@@ -169,7 +190,7 @@ def _reference(records: list[dict[str, Any]], hib: bool, seeds: int) -> dict[Any
 
 def _check_against_reference(summary: dict[str, Any], records: list[dict[str, Any]],
                              hib: bool, seeds: int = SEEDS) -> None:
-    ref = _reference(records, hib, seeds)
+    ref = _reference(records, hib, seeds, summary["task"]["target"])
     assert len(summary["settings"]) == len(ref)
     for s in summary["settings"]:
         r = ref[s["optimizer"], s["clip"], s["schedule"]]
@@ -281,8 +302,8 @@ def test_ranking_respects_the_metric_direction_and_breaks_ties(real: Any) -> Non
     spec: Spec = {"none": {1e-3: [(0.2, True), (0.22, True)], 1e-2: [(0.3, True), (0.31, True)]},
             "global_norm:1.0": {1e-3: [(0.4, True), (0.41, True)],
                                 1e-2: [(0.5, True), (0.52, True)]}}
-    recs = _build(records, spec)
-    high = summarize(recs, info)
+    recs = _build(records, spec, target=(True, 0.1))
+    high = summarize(recs, {**info, "target": 0.1})
     _check_against_reference(high, recs, hib=True)
     assert [s["clip"] for s in high["settings"]] == ["global_norm:1.0", "none"]
     assert _setting(high, "global_norm:1.0")["best_lr"] == 1e-2

@@ -255,6 +255,9 @@ def _compare(ap: argparse.ArgumentParser, args: argparse.Namespace) -> int:
                        progress=not args.no_progress)
     if result.reused:
         print(f"reused {result.reused} finished runs from {out / 'runs'}", file=sys.stderr)
+    if result.rejected:
+        print(f"{len(result.rejected)} saved records failed their check and were trained "
+              f"again: " + _named(result.rejected), file=sys.stderr)
     if not result.records:
         print("interrupted before any run finished; nothing to report", file=sys.stderr)
         return EXIT_INTERRUPTED if result.interrupted else 1
@@ -274,6 +277,12 @@ def _compare(ap: argparse.ArgumentParser, args: argparse.Namespace) -> int:
     return 0
 
 
+def _named(rejected: Sequence[tuple[Path, str]], shown: int = 5) -> str:
+    """``file (what is wrong)`` for the first few rejected records."""
+    text = "; ".join(f"{path.name} ({problem})" for path, problem in rejected[:shown])
+    return text + (f"; and {len(rejected) - shown} more" if len(rejected) > shown else "")
+
+
 def _print_summary(paths: dict[str, Any]) -> None:
     print(Path(paths["markdown"]).read_text())
     print(f"report: {paths['html']}\nsummary: {paths['markdown']}", file=sys.stderr)
@@ -289,21 +298,32 @@ def _add_report(sub: Any) -> None:
 
 
 def _report(ap: argparse.ArgumentParser, args: argparse.Namespace) -> int:
+    from .compare._records import check_sweep
     from .compare._report import write_report
-    from .compare._sweep import load_records
+    from .compare._sweep import scan_records
 
+    sweep_file = args.folder / "sweep.json"
     try:
-        meta = json.loads((args.folder / "sweep.json").read_text())
-        configs = [RunConfig(**c) for c in meta["configs"]]
-    except (OSError, ValueError, KeyError, TypeError) as e:
+        meta = json.loads(sweep_file.read_text())
+    except (OSError, ValueError) as e:
         ap.error(f"invalid folder {str(args.folder)!r}: no readable sweep.json of gradguard "
                  f"compare there ({e})")
+    problem = check_sweep(meta)
+    if problem:
+        ap.error(f"invalid folder {str(args.folder)!r}: {sweep_file} is not a sweep.json of "
+                 f"gradguard compare: {problem}")
+    configs = [RunConfig(**c) for c in meta["configs"]]
     _writable_dir(ap, args.folder, "folder")
-    found = load_records(args.folder, configs)
+    found, rejected = scan_records(args.folder, configs)
+    if rejected:
+        print(f"left out {len(rejected)} saved records that failed their check: "
+              + _named(rejected), file=sys.stderr)
+        meta["left_out"] = [{"file": str(path.relative_to(args.folder)), "problem": problem}
+                            for path, problem in rejected]
     records = [found[c.run_id] for c in configs if c.run_id in found]
     if not records:
         ap.error(f"invalid folder {str(args.folder)!r}: none of its {len(configs)} runs has "
-                 "finished")
+                 "a finished record that passes its check")
     _print_summary(write_report(args.folder, records, meta))
     return 0
 

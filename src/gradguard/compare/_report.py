@@ -8,10 +8,13 @@ Definitions (the report repeats them in plain words):
 
 - A *setting* is ``(optimizer, clip, schedule)`` from ``record["config"]``; its runs span
   learning rates and seeds.
-- A run *trained* when its record says ``trained`` (status ``ok`` and the final validation
-  metric reached the task's target). A run *diverged* when its status is ``diverged``; a run is
-  *finite but untrained* when its status is ``ok`` and it did not train; a run with status
-  ``error`` is counted as an error. The three are counted separately: clipping can turn
+- A run *trained* when its status is ``ok`` and its final validation metric reaches the
+  task's target; this is worked out here from the record's numbers and the task's target
+  (:func:`~gradguard.compare._records.derive`), never read from the record's ``trained``
+  field, and the same holds for the best metric and the clipped and skipped step counts.
+  A run *diverged* when its status is ``diverged``; a run is *finite but untrained* when
+  its status is ``ok`` and it did not train; a run with status ``error`` is counted as an
+  error. The three are counted separately: clipping can turn
   divergences into finite runs that still did not train.
 - For a setting and a learning rate (LR), the LR *trains* when every planned seed has a record
   and every one of them trained. Planned seeds are ``grid["seeds"]`` when the grid is known,
@@ -58,6 +61,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+from ._records import derive
 from ._run import write_atomic
 
 __all__ = ["DEFINITIONS", "PLOT_NAMES", "summarize", "write_report"]
@@ -587,7 +591,7 @@ def summarize(records: list[dict[str, Any]], task: dict[str, Any], *,
     'No runs finished, so there is nothing to recommend.'
     """
     hib = bool(task.get("higher_is_better", True))
-    runs = _dedupe(records)
+    runs = [derive(r, task) for r in _dedupe(records)]
     by_setting: dict[tuple[str, str, str], list[dict[str, Any]]] = {}
     for r in runs:
         by_setting.setdefault(_setting_of(r), []).append(r)
@@ -1039,6 +1043,12 @@ def _what_ran(summary: dict[str, Any], meta: dict[str, Any]) -> list[tuple[str, 
         ("command", str(meta.get("command") or "—")),
         ("created", str(meta.get("created") or "—")),
     ]
+    left_out = meta.get("left_out") or []
+    if left_out:
+        named = "; ".join(f"{item['file']}: {item['problem']}" for item in left_out[:5])
+        more = f"; and {len(left_out) - 5} more" if len(left_out) > 5 else ""
+        items.insert(-2, ("left out", f"{len(left_out)} saved records failed their check and "
+                                      f"are not counted ({named}{more})"))
     return items
 
 
@@ -1193,6 +1203,7 @@ def write_report(out_dir: Path, records: list[dict[str, Any]],
     out = Path(out_dir)
     task = meta.get("task") or {}
     summary = summarize(records, task, grid=meta.get("grid"), total_runs=meta.get("total_runs"))
+    records = [derive(r, task) for r in records]
     by_setting: dict[str, list[dict[str, Any]]] = {}
     for r in _dedupe(records):
         by_setting.setdefault(" / ".join(_setting_of(r)), []).append(r)

@@ -16,9 +16,10 @@ import torch
 
 from .. import tasks
 from ._grid import RunConfig
+from ._records import check_record
 from ._run import read_record, train_one, write_json
 
-__all__ = ["SweepResult", "load_records", "run_sweep"]
+__all__ = ["SweepResult", "load_records", "run_sweep", "scan_records"]
 
 
 @dataclass
@@ -32,21 +33,40 @@ class SweepResult:
     interrupted: bool
     seconds: float
     missing: list[RunConfig] = field(default_factory=list)
+    #: saved records that failed their check (path, what is wrong); they were trained again
+    rejected: list[tuple[Path, str]] = field(default_factory=list)
 
 
 def record_path(out_dir: Path, cfg: RunConfig) -> Path:
     return out_dir / "runs" / f"{cfg.run_id}.json"
 
 
-def load_records(out_dir: Path, configs: Sequence[RunConfig]) -> dict[str, dict[str, Any]]:
-    """The saved records of ``configs`` in ``out_dir`` (by run id); incomplete files and
-    records of another configuration are ignored."""
-    found = {}
+def scan_records(out_dir: Path, configs: Sequence[RunConfig]
+                 ) -> tuple[dict[str, dict[str, Any]], list[tuple[Path, str]]]:
+    """The saved records of ``configs`` in ``out_dir`` that pass
+    :func:`~gradguard.compare._records.check_record` (by run id), and the files that exist
+    but fail it, each with what is wrong. A missing file is neither."""
+    found: dict[str, dict[str, Any]] = {}
+    rejected: list[tuple[Path, str]] = []
     for cfg in configs:
-        rec = read_record(record_path(out_dir, cfg))
-        if rec is not None and rec.get("config") == cfg.as_dict():
+        path = record_path(out_dir, cfg)
+        if not path.exists():
+            continue
+        rec = read_record(path)
+        problem = ("not a complete JSON record of this version" if rec is None
+                   else check_record(rec, cfg.as_dict()))
+        if problem is None and rec is not None:
             found[cfg.run_id] = rec
-    return found
+        else:
+            rejected.append((path, problem or "unreadable"))
+    return found, rejected
+
+
+def load_records(out_dir: Path, configs: Sequence[RunConfig]) -> dict[str, dict[str, Any]]:
+    """The saved records of ``configs`` in ``out_dir`` (by run id) that pass their check;
+    missing, incomplete, malformed files and records of another configuration are left out
+    (:func:`scan_records` names them)."""
+    return scan_records(out_dir, configs)[0]
 
 
 # -- worker processes --------------------------------------------------------------------
@@ -116,7 +136,7 @@ def run_sweep(configs: Sequence[RunConfig], out_dir: Path, *, workers: int | Non
     if workers < 1:
         raise ValueError(f"Invalid workers: {workers!r}; must be >= 1")
     out_dir.mkdir(parents=True, exist_ok=True)
-    saved = load_records(out_dir, configs) if resume else {}
+    saved, rejected = scan_records(out_dir, configs) if resume else ({}, [])
     todo = [c for c in configs if c.run_id not in saved]
     done: dict[str, dict[str, Any]] = dict(saved)
     bar = _Progress(len(configs), len(saved), progress)
@@ -162,4 +182,4 @@ def run_sweep(configs: Sequence[RunConfig], out_dir: Path, *, workers: int | Non
     records = [done[c.run_id] for c in configs if c.run_id in done]
     missing = [c for c in configs if c.run_id not in done]
     return SweepResult(records, len(records) - len(saved), len(saved), interrupted,
-                       time.perf_counter() - start, missing)
+                       time.perf_counter() - start, missing, rejected)
