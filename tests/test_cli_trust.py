@@ -7,8 +7,14 @@ task; records are edited by hand the way a user (or a bad disk) would."""
 from __future__ import annotations
 
 import copy
+import errno
 import json
+import os
+import resource
 import shutil
+import signal
+import subprocess
+import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -172,3 +178,69 @@ def test_report_refuses_a_broken_sweep_json(sweep: Path, edit: Callable[[dict[st
         main(["report", str(sweep)])
     err = capsys.readouterr().err
     assert exc.value.code == 2 and words in err and "sweep.json" in err, err
+
+
+# -- item 3: a full disk is a message, and the report is replaced as one set -------------------
+def _limited(args: list[str], max_file_bytes: int) -> subprocess.CompletedProcess[str]:
+    """Run ``gradguard ARGS`` where no file may grow past ``max_file_bytes``: the kernel
+    refuses the write (EFBIG) as it refuses one on a full disk (ENOSPC)."""
+    def limit() -> None:
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (max_file_bytes, max_file_bytes))
+
+    return subprocess.run([sys.executable, "-m", "gradguard", *args], capture_output=True,
+                          text=True, preexec_fn=limit, timeout=300, check=False)
+
+
+def _contents(folder: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*"))
+            if p.is_file()}
+
+
+def test_a_report_that_cannot_be_written_leaves_the_earlier_one_whole(sweep: Path) -> None:
+    """The plots are small and the HTML page (plots embedded) large: with a limit between
+    the two, three new plots were written and no report.html (issue 14, item 3)."""
+    before = _contents(sweep)
+    biggest_plot = max(len(v) for k, v in before.items() if k.startswith("plots/"))
+    assert len(before["report.html"]) > 2 * biggest_plot
+    # another look at the same runs: edit the task's description so every file would change
+    meta = json.loads((sweep / "sweep.json").read_text())
+    meta["task"]["description"] = "a new description"
+    (sweep / "sweep.json").write_text(json.dumps(meta))
+    before["sweep.json"] = (sweep / "sweep.json").read_bytes()
+    done = _limited(["report", str(sweep)], 2 * biggest_plot)
+    assert done.returncode == 2, done.stderr
+    assert "Traceback" not in done.stderr
+    assert f"cannot write {sweep / 'report.html'} in {sweep}" in done.stderr, done.stderr
+    assert _contents(sweep) == before  # no plot replaced, no temporary file left
+
+
+def test_compare_on_a_full_disk_exits_2_and_keeps_finished_runs(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    """The third record's write finds the disk full: exit 2 naming the file, the first two
+    runs kept, no partial file; with space again the same command resumes."""
+    import gradguard._files as files
+
+    out = tmp_path / "out"
+    real_fsync, calls = files.os.fsync, []
+
+    def fsync(fd: int) -> None:
+        calls.append(fd)
+        if len(calls) == 4:  # sweep.json, two records, then the third record
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        real_fsync(fd)
+
+    monkeypatch.setattr(files.os, "fsync", fsync)
+    with pytest.raises(SystemExit) as exc:
+        main([*SWEEP, "--out", str(out)])
+    err = capsys.readouterr().err
+    assert exc.value.code == 2
+    assert "No space left on device" in err and f"in {out}" in err, err
+    assert "2 of 4 finished runs are saved" in err, err
+    names = [p.name for p in (out / "runs").iterdir()]
+    assert len(names) == 2 and all(n.endswith(".json") for n in names), names
+    assert names[0] not in err and ".json" in err.split("cannot write ")[1].split(" in ")[0]
+    monkeypatch.setattr(files.os, "fsync", real_fsync)
+    assert main([*SWEEP, "--out", str(out)]) == 0
+    assert "reused 2 finished runs" in capsys.readouterr().err

@@ -18,7 +18,7 @@ import sys
 import tempfile
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, NoReturn, TypeVar
 
 from . import __version__, tasks
 from .clip import VALID_FORMS as CLIP_FORMS
@@ -102,6 +102,15 @@ def _writable_dir(ap: argparse.ArgumentParser, path: Path, option: str) -> Path:
         ap.error(f"invalid {option} {str(path)!r}: cannot write there ({e.strerror or e}); "
                  "choose a folder you can write to")
     return path
+
+
+def _cannot_write(ap: argparse.ArgumentParser, e: OSError, folder: Path, kept: str) -> NoReturn:
+    """Exit 2 for a failed write (a full disk, a folder gone read-only), naming the file and
+    the folder and saying what was kept."""
+    name = e.filename or "a file"
+    ap.exit(EXIT_USAGE, f"{ap.prog}: error: cannot write {name} in {folder} "
+                        f"({e.strerror or e}); {kept}. Free space there (or choose another "
+                        "folder) and run the same command again.\n")
 
 
 def _get_task(ap: argparse.ArgumentParser, name: str) -> tasks.Task:
@@ -235,7 +244,7 @@ def _compare(ap: argparse.ArgumentParser, args: argparse.Namespace) -> int:
     out = _writable_dir(ap, args.out or default_out, "--out")
     from .compare._report import write_report
     from .compare._run import write_json
-    from .compare._sweep import run_sweep
+    from .compare._sweep import load_records, run_sweep
 
     meta.update({
         "task": task.info(),
@@ -244,15 +253,23 @@ def _compare(ap: argparse.ArgumentParser, args: argparse.Namespace) -> int:
         "configs": [c.as_dict() for c in configs],
         "version": __version__,
     })
-    write_json(out / "sweep.json", meta)
+    try:
+        write_json(out / "sweep.json", meta)
+    except OSError as e:
+        _cannot_write(ap, e, out, "nothing was trained and earlier results there are kept")
     workers = args.workers or os.cpu_count() or 1
     print(f"gradguard compare: task {task.name} — {len(configs)} runs "
           f"({len(meta['grid']['optimizers'])} optimizers, {len(meta['grid']['clips'])} clip "
           f"settings, {len(meta['grid']['schedules'])} schedules, {meta['grid']['seeds']} "
           f"seeds), {meta['grid']['steps']} steps each, {workers} workers -> {out}",
           file=sys.stderr)
-    result = run_sweep(configs, out, workers=workers, resume=not args.fresh,
-                       progress=not args.no_progress)
+    try:
+        result = run_sweep(configs, out, workers=workers, resume=not args.fresh,
+                           progress=not args.no_progress)
+    except OSError as e:
+        saved = len(load_records(out, configs))
+        _cannot_write(ap, e, out, f"the sweep stopped; {saved} of {len(configs)} finished runs "
+                                  f"are saved in {out / 'runs'}")
     if result.reused:
         print(f"reused {result.reused} finished runs from {out / 'runs'}", file=sys.stderr)
     if result.rejected:
@@ -261,7 +278,11 @@ def _compare(ap: argparse.ArgumentParser, args: argparse.Namespace) -> int:
     if not result.records:
         print("interrupted before any run finished; nothing to report", file=sys.stderr)
         return EXIT_INTERRUPTED if result.interrupted else 1
-    paths = write_report(out, result.records, meta)
+    try:
+        paths = write_report(out, result.records, meta)
+    except OSError as e:
+        _cannot_write(ap, e, out, f"all {len(result.records)} finished runs are saved in "
+                                  f"{out / 'runs'} and the earlier report, if any, is as it was")
     _print_summary(paths)
     if result.interrupted:
         if len(result.records) == len(configs):  # Ctrl-C came after the last run
@@ -324,7 +345,12 @@ def _report(ap: argparse.ArgumentParser, args: argparse.Namespace) -> int:
     if not records:
         ap.error(f"invalid folder {str(args.folder)!r}: none of its {len(configs)} runs has "
                  "a finished record that passes its check")
-    _print_summary(write_report(args.folder, records, meta))
+    try:
+        paths = write_report(args.folder, records, meta)
+    except OSError as e:
+        _cannot_write(ap, e, args.folder, "the runs and the earlier report, if any, are as "
+                                          "they were")
+    _print_summary(paths)
     return 0
 
 
@@ -376,8 +402,11 @@ def _lr_find(ap: argparse.ArgumentParser, args: argparse.Namespace) -> int:
     model = task.build_model()
     opt = make_optimizer(args.optimizer, model.parameters(), args.start_lr, clip)
     draw = tasks.batches(task, torch.Generator().manual_seed(args.seed))
-    result = find_lr(model, task.loss_fn, draw, opt, start_lr=args.start_lr,
-                     end_lr=args.end_lr, num_steps=args.steps, output_dir=out)
+    try:
+        result = find_lr(model, task.loss_fn, draw, opt, start_lr=args.start_lr,
+                         end_lr=args.end_lr, num_steps=args.steps, output_dir=out)
+    except OSError as e:
+        _cannot_write(ap, e, out, "earlier files there are as they were")
     print(f"task {task.name}, {args.optimizer}, clip {clip}, {len(result.lrs)} steps "
           f"({result.stop_reason})")
     if result.suggestion is not None:

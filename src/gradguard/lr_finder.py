@@ -48,7 +48,6 @@ import json
 import math
 import os
 import random
-import tempfile
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field
@@ -61,6 +60,7 @@ from torch import Tensor, nn
 from torch.optim import Optimizer
 from torch.optim.lr_scheduler import LRScheduler
 
+from ._files import figure_bytes, write_atomic
 from ._validation import check_choice, check_positive
 from .clip import ClipPolicy, GradStats, parse
 from .errors import NonFiniteGradientError
@@ -244,21 +244,6 @@ def _nan_for_none(values: Sequence[float | None]) -> list[float]:
     return [math.nan if v is None else float(v) for v in values]
 
 
-def _atomic_write(path: Path, write: Callable[[str], None]) -> None:
-    """Write through a temporary file in the same folder and rename it over ``path``, so a
-    failure never leaves a half-written file or destroys an earlier one."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=path.suffix)
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
 @dataclass
 class LRFinderResult:
     """What :func:`find_lr` recorded and suggests.
@@ -360,11 +345,7 @@ class LRFinderResult:
     def to_json(self, path: str | os.PathLike[str]) -> None:
         """Write the result as JSON (atomically: an earlier file survives a failure)."""
         text = json.dumps(self.to_dict(), indent=1, allow_nan=False)
-
-        def write(tmp: str) -> None:
-            Path(tmp).write_text(text + "\n", encoding="utf-8")
-
-        _atomic_write(Path(path), write)
+        write_atomic(Path(path), (text + "\n").encode("utf-8"))
 
     @classmethod
     def from_json(cls, path: str | os.PathLike[str]) -> LRFinderResult:
@@ -420,8 +401,7 @@ class LRFinderResult:
         ax_norm.legend(loc="best", fontsize="small")
         if path is not None:
             target = Path(path)
-            fmt = target.suffix.lstrip(".") or "png"
-            _atomic_write(target, lambda tmp: fig.savefig(tmp, format=fmt, dpi=100))
+            write_atomic(target, figure_bytes(fig, target.suffix.lstrip(".") or "png"))
         return fig
 
 

@@ -51,7 +51,6 @@ from __future__ import annotations
 import base64
 import functools
 import html
-import io
 import itertools
 import json
 import math
@@ -61,8 +60,8 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+from .._files import figure_bytes, write_files
 from ._records import derive
-from ._run import write_atomic
 
 __all__ = ["DEFINITIONS", "PLOT_NAMES", "summarize", "write_report"]
 
@@ -643,9 +642,7 @@ def _new_figure(width: float, height: float) -> Any:
 
 
 def _png(fig: Any) -> bytes:
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=100)
-    return buf.getvalue()
+    return figure_bytes(fig)
 
 
 def _colors(n: int) -> list[Any]:
@@ -1191,8 +1188,9 @@ def write_report(out_dir: Path, records: list[dict[str, Any]],
     Files: ``report.html`` (self-contained: plots embedded as base64 PNG, inline CSS, no
     external resources), ``report.md`` (links ``plots/*.png``), ``summary.json``
     (:func:`summarize`'s output) and ``plots/{metric_vs_lr,curves,grad_norms,windows}.png``.
-    Everything is rendered in memory first and each file is replaced atomically, so a failure
-    leaves the previous report intact.
+    Everything is rendered in memory first and the files are replaced as one set
+    (:func:`~gradguard.compare._run.write_files`), so a failure (a full disk) leaves the
+    previous report, plots included, as it was.
 
     ``meta``: ``{"task": Task.info(), "grid": {"optimizers", "clips", "schedules", "lrs":
     {optimizer: [lrs]}, "seeds"}, "command": str, "created": ISO time, "total_runs": int}``.
@@ -1218,15 +1216,11 @@ def write_report(out_dir: Path, records: list[dict[str, Any]],
     markdown = _render_markdown(summary, meta).encode()
     page = _render_html(summary, meta, records, pngs).encode()
 
-    (out / "plots").mkdir(parents=True, exist_ok=True)
-    plots = []
-    for name in PLOT_NAMES:
-        path = out / "plots" / f"{name}.png"
-        write_atomic(path, pngs[name])
-        plots.append(path)
+    plots = [out / "plots" / f"{name}.png" for name in PLOT_NAMES]
     paths = {"summary": out / "summary.json", "markdown": out / "report.md",
              "html": out / "report.html"}
-    write_atomic(paths["summary"], summary_bytes)
-    write_atomic(paths["markdown"], markdown)
-    write_atomic(paths["html"], page)
+    # One set: the plots, summary and pages all land, or (a full disk) none of them does.
+    write_files({**{p: pngs[name] for p, name in zip(plots, PLOT_NAMES, strict=True)},
+                 paths["summary"]: summary_bytes, paths["markdown"]: markdown,
+                 paths["html"]: page})
     return {**paths, "plots": plots}

@@ -5,8 +5,6 @@ from __future__ import annotations
 import contextlib
 import json
 import math
-import os
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -14,6 +12,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from .._files import write_atomic, write_files
 from ..clip import AutoClip, GlobalNorm, ZClip
 from ..errors import NonFiniteGradientError
 from ..schedules import parse as parse_schedule
@@ -21,7 +20,7 @@ from ..schedules._spec import _takes_metrics
 from ..tasks import Task, batches
 from ._grid import RunConfig, make_optimizer
 
-__all__ = ["SCHEMA", "read_record", "train_one", "write_atomic", "write_json"]
+__all__ = ["SCHEMA", "read_record", "train_one", "write_atomic", "write_files", "write_json"]
 
 SCHEMA = 1
 
@@ -34,22 +33,6 @@ def _num(x: float) -> float | None:
 
 def _nums(values: list[float]) -> list[float | None]:
     return [_num(v) for v in values]
-
-
-def write_atomic(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` atomically: the file is complete or absent (a temporary file
-    in the same folder, flushed to disk, then renamed over ``path``)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def write_json(path: Path, data: Any) -> None:

@@ -7,12 +7,12 @@ import json
 import math
 import os
 import statistics
-import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any, Protocol
 
+from .._files import figure_bytes, write_atomic
 from ._detectors import Detector, Finding, Record, default_detectors
 
 
@@ -208,14 +208,7 @@ def summarize(records: Sequence[Record], findings: Sequence[Finding] = ()) -> st
 # -- plots ------------------------------------------------------------------------------------
 def _save(fig: Any, path: Path) -> Path:
     """Write a figure atomically (a failed write leaves an earlier file intact)."""
-    fd, tmp = tempfile.mkstemp(suffix=path.suffix, dir=path.parent)
-    os.close(fd)
-    try:
-        fig.savefig(tmp, dpi=100)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    write_atomic(path, figure_bytes(fig, path.suffix.lstrip(".") or "png"))
     return path
 
 
@@ -328,8 +321,5 @@ def report(log_path: str | os.PathLike[str], out_dir: str | os.PathLike[str],
     plots = plot_records(records, out_dir)
     text = summarize(records, findings)
     path = Path(out_dir) / "summary.txt"
-    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".txt")
-    with os.fdopen(fd, "w", encoding="utf-8") as f:
-        f.write(text + "\n")
-    os.replace(tmp, path)
+    write_atomic(path, (text + "\n").encode("utf-8"))
     return Report(text, findings, plots, path)

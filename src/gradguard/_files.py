@@ -1,0 +1,74 @@
+"""Writing files so that a failure never leaves a half-written one: each is complete or absent,
+a set is replaced all at once or not at all, and an error (a full disk) names the file."""
+
+from __future__ import annotations
+
+import io
+import os
+import tempfile
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+__all__ = ["figure_bytes", "write_atomic", "write_files"]
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def _stage(path: Path, data: bytes) -> str:
+    """Write ``data`` to a new temporary file beside ``path``, flushed to disk, readable as a
+    file created with the process's umask would be; return its name. On failure nothing is
+    left and the OSError names ``path`` (not the temporary file)."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    except OSError as e:
+        raise OSError(e.errno, e.strerror or str(e), str(path)) from e
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.chmod(tmp, 0o666 & ~_umask())
+    except BaseException as e:
+        Path(tmp).unlink(missing_ok=True)
+        if isinstance(e, OSError):
+            raise OSError(e.errno, e.strerror or str(e), str(path)) from e
+        raise
+    return tmp
+
+
+def write_atomic(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` atomically: the file is complete or absent (a temporary file
+    in the same folder, flushed to disk, then renamed over ``path``). An OSError (a full
+    disk) names ``path`` in its ``filename`` and leaves any earlier ``path`` as it was."""
+    write_files({path: data})
+
+
+def write_files(files: Mapping[Path, bytes]) -> None:
+    """Replace several files as one set: every file is written in full to a temporary file
+    first, and only when all of them are on disk are they renamed over their targets. If any
+    write fails (a full disk), the temporary files are removed and no target is touched; the
+    OSError names the file that could not be written."""
+    staged: list[tuple[str, Path]] = []
+    try:
+        for path, data in files.items():
+            staged.append((_stage(path, data), path))
+        for tmp, path in staged:
+            os.replace(tmp, path)
+    except BaseException:
+        for tmp, _ in staged:
+            Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def figure_bytes(fig: Any, fmt: str = "png", dpi: int = 100) -> bytes:
+    """A matplotlib figure rendered to ``fmt`` in memory (to be written with
+    :func:`write_atomic`)."""
+    buf = io.BytesIO()
+    fig.savefig(buf, format=fmt, dpi=dpi)
+    return buf.getvalue()
