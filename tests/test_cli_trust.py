@@ -244,3 +244,80 @@ def test_compare_on_a_full_disk_exits_2_and_keeps_finished_runs(
     monkeypatch.setattr(files.os, "fsync", real_fsync)
     assert main([*SWEEP, "--out", str(out)]) == 0
     assert "reused 2 finished runs" in capsys.readouterr().err
+
+
+# -- item 5: a plan is said before it runs; absurd sizes are refused ---------------------------
+@pytest.mark.parametrize("argv,words", [
+    (["compare", "--lr", "1e-4:1:100000000"], "100,000,000 learning rates, more than the"),
+    (["compare", "--seeds", "100000000000"], "plans 2,400,000,000,000 runs, more than the "
+                                             "1,000,000 one sweep can hold"),
+    (["compare", "--seeds", "100000000000", "--insist"], "even with --insist"),
+    (["compare", "--steps", "100000000"], "invalid --steps 100000000: at most 10,000,000"),
+    (["compare", "--batch-size", "99999999"], "invalid --batch-size 99999999: at most"),
+    (["compare", "--seeds", "5000"], "more than 10,000; about"),
+    (["compare", "--workers", "1000"], "--workers 1000 is more than 4 per core"),
+    (["lr-find", "--steps", "100000000"], "invalid --steps 100000000: at most 10,000,000"),
+    (["bench", "--sizes", "50000"], "50000M parameters need about"),
+    (["bench", "--reps", "100000"], "invalid --reps 100000: more than 1,000"),
+])
+def test_absurd_sizes_are_refused_before_anything_runs(
+        argv: list[str], words: str, tmp_path: Path,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    """These ran with no word (issue 14, item 5): a sweep of 10^8 learning rates, 10^11
+    seeds, a benchmark of 50 billion parameters."""
+    out = ["--out", str(tmp_path / "out")] if argv[0] != "bench" else []
+    with pytest.raises(SystemExit) as exc:
+        main([*argv, *out])
+    err = capsys.readouterr().err
+    assert exc.value.code == 2 and words in err, err
+    assert "--insist" in err or "even with" in err or "at most" in err
+    assert not (tmp_path / "out" / "runs").exists()
+
+
+def test_compare_says_its_plan_and_insist_runs_past_the_limits(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    from gradguard.compare import _plan
+
+    out = ["--out", str(tmp_path / "out")]
+    monkeypatch.setitem(_plan.LIMITS, "runs", 3)  # the tiny sweep's 4 runs are "too many"
+    with pytest.raises(SystemExit) as exc:
+        main([*SWEEP, *out])
+    err = capsys.readouterr().err
+    assert exc.value.code == 2 and "4 runs is more than 3" in err, err
+    assert main([*SWEEP, *out, "--insist"]) == 0
+    err = capsys.readouterr().err
+    plan = next(line for line in err.splitlines() if line.startswith("plan:"))
+    assert plan.startswith("plan: 4 runs to train (0 already saved), about "), plan
+    assert "ms a step" in plan and "at the pace measured here" in plan
+    assert main([*SWEEP, *out, "--insist"]) == 0
+    assert "plan: 0 runs to train (4 already saved)" in capsys.readouterr().err
+
+
+def test_the_plans_estimate_is_near_the_time_taken(tmp_path: Path,
+                                                   capsys: pytest.CaptureFixture[str]) -> None:
+    """The estimate is the measured pace times the work; on a quiet machine it is within a
+    factor of a few of the sweep's own time (a busy one can be slower: the bound is loose)."""
+    argv = [*SWEEP, "--steps", "200", "--eval-every", "50", "--out", str(tmp_path / "out")]
+    assert main(argv) == 0
+    err = capsys.readouterr().err
+    plan = next(line for line in err.splitlines() if line.startswith("plan:"))
+    estimate = float(plan.split("about ")[1].split(" s ")[0])
+    taken = float(err.split(" in ")[-1].split(" s")[0])
+    assert estimate > 0 and taken / 10 < estimate < taken * 10, (plan, err)
+
+
+def test_lr_find_says_its_plan_and_refuses_one_too_long(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    from gradguard.compare import _plan
+
+    monkeypatch.setitem(_plan.LIMITS, "seconds", 1e-6)
+    argv = ["lr-find", "--task", "digits", "--steps", "20", "--out", str(tmp_path / "lr")]
+    with pytest.raises(SystemExit) as exc:
+        main(argv)
+    err = capsys.readouterr().err
+    assert exc.value.code == 2 and "refusing a range test this long" in err, err
+    assert not (tmp_path / "lr" / "lr_finder.json").exists()
+    assert main([*argv, "--insist"]) == 0
+    assert "plan: 20 steps, about" in capsys.readouterr().err

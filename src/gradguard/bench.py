@@ -29,6 +29,7 @@ import argparse
 import ctypes
 import functools
 import importlib
+import os
 import statistics
 import sys
 import time
@@ -286,6 +287,28 @@ def bench_training(reps: int) -> None:
               f"gradguard {(med['gradguard'] - med['torch_step']) * 1e3:.1f} ms")
 
 
+#: memory one parameter of a benchmarked size takes: fp32 parameter, gradient and up to three
+#: state tensors for gradguard's optimizer and again for torch's, plus the copy-bandwidth pair
+BYTES_PER_PARAM = 2 * 4 * 5 + 8
+MAX_REPS = 1000
+
+
+def free_memory() -> int | None:
+    """Bytes of memory available to a new allocation here (Linux ``MemAvailable``; else the
+    physical memory), or None where neither can be read."""
+    try:
+        with open("/proc/meminfo", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    try:
+        return int(os.sysconf("SC_PHYS_PAGES")) * int(os.sysconf("SC_PAGE_SIZE"))
+    except (OSError, ValueError, AttributeError):
+        return None
+
+
 def add_arguments(ap: argparse.ArgumentParser) -> None:
     """The benchmark's command-line options (shared by ``gradguard bench`` and
     ``benchmarks/step.py``)."""
@@ -302,6 +325,9 @@ def add_arguments(ap: argparse.ArgumentParser) -> None:
                          "eager: the per-tensor reference")
     ap.add_argument("--train", action="store_true", help="also time a whole training step")
     ap.add_argument("--train-only", action="store_true", help="only the training step")
+    ap.add_argument("--insist", action="store_true",
+                    help=f"run sizes that need more memory than this machine has free, or more "
+                         f"than {MAX_REPS:,} --reps")
     ap.add_argument("--default-malloc", action="store_true",
                     help="leave the C library's allocator as it is; by default glibc is told to "
                          "keep freed memory, so neither torch nor gradguard page-faults when it "
@@ -326,6 +352,16 @@ def run(args: argparse.Namespace, ap: argparse.ArgumentParser) -> int:
         ap.error(f"invalid --reps {args.reps}; must be >= 1")
     if args.width < 1:
         ap.error(f"invalid --width {args.width}; must be >= 1")
+    need = max(sizes) * 1e6 * BYTES_PER_PARAM
+    free = free_memory()
+    if free is not None and need > free and not args.insist:
+        ap.error(f"invalid --sizes {args.sizes!r}: {max(sizes):g}M parameters need about "
+                 f"{need / 2**30:.3g} GiB (parameters, gradients and optimizer state for "
+                 f"gradguard and for torch), and {free / 2**30:.3g} GiB is free here; give "
+                 "smaller sizes, or add --insist")
+    if args.reps > MAX_REPS and not args.insist:
+        ap.error(f"invalid --reps {args.reps}: more than {MAX_REPS:,}; give fewer, or add "
+                 "--insist")
     block = sum(int(torch.Size(s).numel()) for s in transformer_shapes(1, args.width))
     if block > max(2 * max(sizes) * 1e6, 1e8):
         ap.error(f"invalid --width {args.width}: one transformer block of that width holds "

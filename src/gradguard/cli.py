@@ -23,6 +23,7 @@ from typing import Any, NoReturn, TypeVar
 from . import __version__, tasks
 from .clip import VALID_FORMS as CLIP_FORMS
 from .compare._grid import (
+    DEFAULT_LRS,
     OPTIMIZERS,
     RunConfig,
     canonical_clip,
@@ -31,6 +32,7 @@ from .compare._grid import (
     parse_lrs,
     parse_names,
 )
+from .compare._plan import HARD_LIMITS, LIMITS, duration
 from .schedules import VALID_FORMS as SCHEDULE_FORMS
 
 __all__ = ["MAIN_JOB", "main"]
@@ -166,6 +168,10 @@ def _add_compare(sub: Any) -> None:
     p.add_argument("--fresh", action="store_true",
                    help="train every run again instead of reusing finished runs in --out")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--insist", action="store_true",
+                   help=f"run a sweep past the sizes called absurd (more than "
+                        f"{LIMITS['runs']:,} runs, or more than "
+                        f"{duration(LIMITS['seconds'])} at the pace measured here)")
     p.set_defaults(func=_compare, parser=p)
 
 
@@ -179,6 +185,11 @@ def _configs(ap: argparse.ArgumentParser, args: argparse.Namespace, task: tasks.
     steps = args.steps or task.steps
     batch = args.batch_size or task.batch_size
     every = min(args.eval_every or task.eval_every, steps)
+    for option, value, why in (("--steps", steps, "a record keeps numbers for every step"),
+                               ("--batch-size", batch, "one batch would not fit in memory")):
+        limit = HARD_LIMITS[option[2:].replace("-", "_")]
+        if value > limit:
+            ap.error(f"invalid {option} {value}: at most {limit:,} ({why})")
     try:
         lrs = parse_lrs(args.lr)
     except ValueError as e:
@@ -207,6 +218,7 @@ def _configs(ap: argparse.ArgumentParser, args: argparse.Namespace, task: tasks.
         seeds = args.seeds or MAIN_JOB["seeds"]
     configs: list[RunConfig] = []
     all_clips: list[str] = []
+    planned = 0
     for optimizers, clip_texts in grids:
         clips = []
         for text in clip_texts:
@@ -219,6 +231,15 @@ def _configs(ap: argparse.ArgumentParser, args: argparse.Namespace, task: tasks.
         if not clips:
             ap.error(f"invalid --clip {args.clip!r}: no clip spec; valid forms: {CLIP_FORMS}")
         all_clips += [c for c in clips if c not in all_clips]
+        for name in optimizers:  # counted before the grid is built: it may be astronomical
+            n_lrs = len(lrs) if lrs is not None else len(task.lrs.get(name, DEFAULT_LRS[name]))
+            planned += len(clips) * len(schedules) * n_lrs * seeds
+    if planned > HARD_LIMITS["runs"]:
+        ap.error(f"the grid plans {planned:,} runs, more than the {HARD_LIMITS['runs']:,} one "
+                 "sweep can hold (sweep.json lists every run), even with --insist; give "
+                 "fewer --seeds, learning rates, optimizers, clips or schedules, or split it")
+    for optimizers, clip_texts in grids:
+        clips = [canonical_clip(t.strip()) for t in clip_texts if t.strip()]
         configs += expand(task_spec, optimizers, clips, schedules, lrs, seeds, steps, batch,
                           every, task.lrs)
     unique = list({c.run_id: c for c in configs}.values())
@@ -253,16 +274,17 @@ def _compare(ap: argparse.ArgumentParser, args: argparse.Namespace) -> int:
         "configs": [c.as_dict() for c in configs],
         "version": __version__,
     })
-    try:
-        write_json(out / "sweep.json", meta)
-    except OSError as e:
-        _cannot_write(ap, e, out, "nothing was trained and earlier results there are kept")
     workers = args.workers or os.cpu_count() or 1
     print(f"gradguard compare: task {task.name} — {len(configs)} runs "
           f"({len(meta['grid']['optimizers'])} optimizers, {len(meta['grid']['clips'])} clip "
           f"settings, {len(meta['grid']['schedules'])} schedules, {meta['grid']['seeds']} "
           f"seeds), {meta['grid']['steps']} steps each, {workers} workers -> {out}",
           file=sys.stderr)
+    _plan_sweep(ap, args, task, configs, out, workers)
+    try:
+        write_json(out / "sweep.json", meta)
+    except OSError as e:
+        _cannot_write(ap, e, out, "nothing was trained and earlier results there are kept")
     try:
         result = run_sweep(configs, out, workers=workers, resume=not args.fresh,
                            progress=not args.no_progress)
@@ -302,6 +324,42 @@ def _named(rejected: Sequence[tuple[Path, str]], shown: int = 5) -> str:
     """``file (what is wrong)`` for the first few rejected records."""
     text = "; ".join(f"{path.name} ({problem})" for path, problem in rejected[:shown])
     return text + (f"; and {len(rejected) - shown} more" if len(rejected) > shown else "")
+
+
+def _plan_sweep(ap: argparse.ArgumentParser, args: argparse.Namespace, task: tasks.Task,
+                configs: list[RunConfig], out: Path, workers: int) -> None:
+    """Say what the sweep will train and how long that takes at the pace measured here; exit
+    2 when a step of the task fails outright, or when the sweep is past :data:`LIMITS` and
+    the user did not ``--insist``."""
+    from .compare._plan import measure_pace
+    from .compare._sweep import scan_records
+
+    saved = set() if args.fresh else set(scan_records(out, configs)[0])
+    todo = [c for c in configs if c.run_id not in saved]
+    first = configs[0]
+    try:
+        pace = measure_pace(task, first.optimizer, first.lr, first.clip, first.batch_size)
+    except (RuntimeError, MemoryError, ValueError, TypeError) as e:
+        ap.error(f"a training step of task {task.name} ({first.optimizer}, batch size "
+                 f"{first.batch_size}) fails here: {type(e).__name__}: "
+                 f"{str(e).splitlines()[0] if str(e) else ''}")
+    cores = min(workers, os.cpu_count() or 1, max(len(todo), 1))
+    seconds = sum(pace.run_seconds(c.steps, c.eval_every) for c in todo) / cores
+    print(f"plan: {len(todo)} runs to train ({len(saved)} already saved), about "
+          f"{duration(seconds)} on {cores} core{'s' if cores > 1 else ''} at the pace measured "
+          f"here ({pace.step * 1e3:.3g} ms a step, {pace.evaluation * 1e3:.3g} ms an "
+          "evaluation)", file=sys.stderr)
+    too_many = len(configs) > LIMITS["runs"]
+    too_long = seconds > LIMITS["seconds"]
+    too_wide = workers > 4 * (os.cpu_count() or 1)
+    if (too_many or too_long or too_wide) and not args.insist:
+        why = "; ".join(w for w, bad in (
+            (f"{len(configs):,} runs is more than {LIMITS['runs']:,}", too_many),
+            (f"about {duration(seconds)} is more than {duration(LIMITS['seconds'])}", too_long),
+            (f"--workers {workers} is more than 4 per core ({os.cpu_count()} cores)",
+             too_wide)) if bad)
+        ap.error(f"refusing a sweep this size: {why}. Give fewer seeds, learning rates, "
+                 "settings or steps, or add --insist to run it anyway")
 
 
 def _print_summary(paths: dict[str, Any]) -> None:
@@ -372,6 +430,9 @@ def _add_lr_find(sub: Any) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", type=_folder, help="folder for lr_finder.json and lr_finder.png "
                    "(default: gradguard-runs/lr-find-TASK-OPTIMIZER)")
+    p.add_argument("--insist", action="store_true",
+                   help=f"run a range test that takes more than {duration(LIMITS['seconds'])} "
+                        "at the pace measured here")
     p.set_defaults(func=_lr_find, parser=p)
 
 
@@ -379,6 +440,7 @@ def _lr_find(ap: argparse.ArgumentParser, args: argparse.Namespace) -> int:
     import torch
 
     from .compare._grid import make_optimizer
+    from .compare._plan import measure_pace
     from .lr_finder import find_lr
 
     task = _get_task(ap, args.task)
@@ -391,6 +453,9 @@ def _lr_find(ap: argparse.ArgumentParser, args: argparse.Namespace) -> int:
             ap.error(f"invalid {name} {value:g}: must be a finite number > 0")
     if args.steps < 2:
         ap.error(f"invalid --steps {args.steps}: the range test needs at least 2 steps")
+    if args.steps > HARD_LIMITS["steps"]:
+        ap.error(f"invalid --steps {args.steps}: at most {HARD_LIMITS['steps']:,} (the result "
+                 "keeps numbers for every step)")
     if not 0 <= args.seed < 2**63:
         ap.error(f"invalid --seed {args.seed}: must be an integer in [0, 2**63)")
     if args.start_lr >= args.end_lr:
@@ -398,6 +463,17 @@ def _lr_find(ap: argparse.ArgumentParser, args: argparse.Namespace) -> int:
                  f"{args.end_lr:g}")
     out = _writable_dir(ap, args.out or Path("gradguard-runs")
                         / f"lr-find-{task.name}-{args.optimizer}", "--out")
+    try:
+        pace = measure_pace(task, args.optimizer, args.start_lr, clip, task.batch_size)
+    except (RuntimeError, MemoryError, ValueError, TypeError) as e:
+        ap.error(f"a training step of task {task.name} ({args.optimizer}) fails here: "
+                 f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}")
+    seconds = args.steps * pace.step
+    print(f"plan: {args.steps} steps, about {duration(seconds)} at the pace measured here "
+          f"({pace.step * 1e3:.3g} ms a step)", file=sys.stderr)
+    if seconds > LIMITS["seconds"] and not args.insist:
+        ap.error(f"refusing a range test this long: about {duration(seconds)} is more than "
+                 f"{duration(LIMITS['seconds'])}; give fewer --steps, or add --insist")
     torch.manual_seed(args.seed)
     model = task.build_model()
     opt = make_optimizer(args.optimizer, model.parameters(), args.start_lr, clip)

@@ -79,6 +79,10 @@ def parse_names(text: str, valid: Iterable[str], what: str) -> list[str]:
     return list(dict.fromkeys(out))
 
 
+#: the most learning rates one --lr may give (a grid past it cannot be planned, let alone run)
+MAX_LRS = 100_000
+
+
 def parse_lrs(text: str) -> tuple[float, ...] | None:
     """A learning-rate grid: ``LO:HI:N`` (N log-spaced values from LO to HI), a comma-separated
     list, or ``auto`` (None: each optimizer's default range).
@@ -104,12 +108,21 @@ def parse_lrs(text: str) -> tuple[float, ...] | None:
             lo, hi, n = float(parts[0]), float(parts[1]), int(parts[2])
             if not (0 < lo <= hi and math.isfinite(hi)) or n < 1 or (n == 1 and lo != hi):
                 raise ValueError
+            if n > MAX_LRS:
+                raise ValueError(f"Invalid --lr: {text!r}; {n:,} learning rates, more than "
+                                 f"the {MAX_LRS:,} one sweep can hold; give fewer (e.g. "
+                                 f"{parts[0]}:{parts[1]}:9)")
             grid = log_grid(lo, hi, n)
         else:
+            if text.count(",") >= MAX_LRS:
+                raise ValueError(f"Invalid --lr: a list of {text.count(',') + 1:,} learning "
+                                 f"rates, more than the {MAX_LRS:,} one sweep can hold")
             grid = tuple(float(t) for t in text.split(",") if t.strip())
             if not grid or not all(v > 0 and math.isfinite(v) for v in grid):
                 raise ValueError
-    except ValueError:
+    except ValueError as e:
+        if str(e).startswith("Invalid --lr"):
+            raise
         raise ValueError(f"Invalid --lr: {text!r}; {usage}") from None
     return tuple(sorted(set(grid)))
 
