@@ -15,6 +15,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -193,8 +194,9 @@ def _limited(args: list[str], max_file_bytes: int) -> subprocess.CompletedProces
 
 
 def _contents(folder: Path) -> dict[str, bytes]:
+    """Every file under ``folder`` but the lock (whose note names the last process to hold it)."""
     return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*"))
-            if p.is_file()}
+            if p.is_file() and p.name != ".lock"}
 
 
 def test_a_report_that_cannot_be_written_leaves_the_earlier_one_whole(sweep: Path) -> None:
@@ -321,3 +323,61 @@ def test_lr_find_says_its_plan_and_refuses_one_too_long(
     assert not (tmp_path / "lr" / "lr_finder.json").exists()
     assert main([*argv, "--insist"]) == 0
     assert "plan: 20 steps, about" in capsys.readouterr().err
+
+
+# -- item 7: one compare at a time on one folder -----------------------------------------------
+def _start_holder(out: Path, steps: int) -> subprocess.Popen[str]:
+    """A real `gradguard compare` in another process, returned once it holds ``out``'s lock."""
+    proc = subprocess.Popen([sys.executable, "-m", "gradguard", *SWEEP, "--steps", str(steps),
+                             "--out", str(out)], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        try:
+            if json.loads((out / ".lock").read_text() or "{}").get("pid") == proc.pid:
+                return proc
+        except (OSError, ValueError):
+            pass
+        assert proc.poll() is None, proc.communicate()
+        time.sleep(0.05)
+    proc.kill()
+    raise AssertionError("the first compare never took the lock")
+
+
+def test_a_second_compare_on_a_busy_folder_refuses_and_trains_nothing(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Two compare processes on one --out each trained every run (issue 14, item 7)."""
+    out = tmp_path / "out"
+    first = _start_holder(out, steps=150)
+    try:
+        with pytest.raises(SystemExit) as exc:
+            main([*SWEEP, "--steps", "150", "--out", str(out)])
+        err = capsys.readouterr().err
+        assert exc.value.code == 2, err
+        assert f"--out {str(out)!r} is in use" in err and f"pid {first.pid}" in err, err
+        assert "gradguard compare" in err
+        while not (out / "sweep.json").exists() and first.poll() is None:
+            time.sleep(0.05)
+        with pytest.raises(SystemExit) as exc:
+            main(["report", str(out)])
+        err = capsys.readouterr().err
+        assert exc.value.code == 2 and "is writing there" in err, err
+    finally:
+        _, first_err = first.communicate(timeout=300)
+    assert first.returncode == 0, first_err
+    before = _contents(out)
+    assert main([*SWEEP, "--steps", "150", "--out", str(out)]) == 0
+    err = capsys.readouterr().err
+    assert "reused 4 finished runs" in err and "(4 trained now" not in err, err
+    assert {k: v for k, v in _contents(out).items() if k.startswith("runs/")} == \
+        {k: v for k, v in before.items() if k.startswith("runs/")}
+
+
+def test_a_killed_compare_leaves_no_stale_lock(tmp_path: Path,
+                                              capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "out"
+    first = _start_holder(out, steps=2000)
+    first.send_signal(signal.SIGKILL)
+    first.communicate(timeout=60)
+    assert main([*SWEEP, "--out", str(out)]) == 0  # 20 steps: a different sweep, same folder
+    assert "is in use" not in capsys.readouterr().err

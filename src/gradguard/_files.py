@@ -3,14 +3,17 @@ a set is replaced all at once or not at all, and an error (a full disk) names th
 
 from __future__ import annotations
 
+import contextlib
 import io
+import json
 import os
 import tempfile
-from collections.abc import Mapping
+import time
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
-__all__ = ["figure_bytes", "write_atomic", "write_files"]
+__all__ = ["FolderBusy", "figure_bytes", "folder_lock", "write_atomic", "write_files"]
 
 
 def _umask() -> int:
@@ -72,3 +75,48 @@ def figure_bytes(fig: Any, fmt: str = "png", dpi: int = 100) -> bytes:
     buf = io.BytesIO()
     fig.savefig(buf, format=fmt, dpi=dpi)
     return buf.getvalue()
+
+
+class FolderBusy(RuntimeError):
+    """Another process holds the folder's lock; ``holder`` is what it wrote of itself (pid,
+    command, start time), possibly empty."""
+
+    def __init__(self, folder: Path, holder: dict[str, Any]) -> None:
+        self.folder, self.holder = folder, holder
+        who = (f"pid {holder.get('pid')}, started {holder.get('started')}: "
+               f"{holder.get('command')}" if holder else "another process")
+        super().__init__(f"{folder} is in use by {who}")
+
+
+@contextlib.contextmanager
+def folder_lock(folder: Path, command: str) -> Iterator[None]:
+    """Hold ``folder/.lock`` for the block, or raise :class:`FolderBusy` at once when another
+    process holds it. The lock is the kernel's (``flock``): it goes with the process, so a
+    process killed with -9 leaves no stale lock behind. The file keeps the holder's pid,
+    command and start time for the message another process shows. Where ``fcntl`` does not
+    exist (Windows) the block runs unlocked."""
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - not on Linux or macOS
+        yield
+        return
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / ".lock"
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            try:
+                holder = json.loads(path.read_text() or "{}")
+            except (OSError, ValueError):
+                holder = {}
+            raise FolderBusy(folder, holder if isinstance(holder, dict) else {}) from None
+        me = {"pid": os.getpid(), "command": command,
+              "started": time.strftime("%Y-%m-%d %H:%M:%S")}
+        with contextlib.suppress(OSError):  # the lock holds even if its note cannot be written
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, json.dumps(me).encode(), 0)
+        yield
+    finally:
+        os.close(fd)  # closing the descriptor releases the lock

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any, NoReturn, TypeVar
 
 from . import __version__, tasks
+from ._files import FolderBusy, folder_lock
 from .clip import VALID_FORMS as CLIP_FORMS
 from .compare._grid import (
     DEFAULT_LRS,
@@ -263,6 +264,25 @@ def _compare(ap: argparse.ArgumentParser, args: argparse.Namespace) -> int:
     configs, meta = _configs(ap, args, task, task_name)
     default_out = Path("gradguard-runs") / (task.name if _grid_args_given(args) else "main")
     out = _writable_dir(ap, args.out or default_out, "--out")
+    command = "gradguard " + shlex.join(args.argv)
+    try:
+        with folder_lock(out, command):
+            return _compare_in(ap, args, task, configs, meta, out)
+    except FolderBusy as e:
+        ap.error(f"--out {str(out)!r} is in use: {_holder(e)}. Wait for it to end (then this "
+                 "command reuses its finished runs), or choose another --out")
+
+
+def _holder(e: FolderBusy) -> str:
+    h = e.holder
+    if not h:
+        return "another gradguard process is writing there"
+    return f"{h.get('command')!r} (pid {h.get('pid')}, started {h.get('started')}) is writing there"
+
+
+def _compare_in(ap: argparse.ArgumentParser, args: argparse.Namespace, task: tasks.Task,
+                configs: list[RunConfig], meta: dict[str, Any], out: Path) -> int:
+    """The sweep, once ``out`` is this process's alone."""
     from .compare._report import write_report
     from .compare._run import write_json
     from .compare._sweep import load_records, run_sweep
@@ -378,8 +398,6 @@ def _add_report(sub: Any) -> None:
 
 def _report(ap: argparse.ArgumentParser, args: argparse.Namespace) -> int:
     from .compare._records import check_sweep
-    from .compare._report import write_report
-    from .compare._sweep import scan_records
 
     sweep_file = args.folder / "sweep.json"
     try:
@@ -393,6 +411,19 @@ def _report(ap: argparse.ArgumentParser, args: argparse.Namespace) -> int:
                  f"gradguard compare: {problem}")
     configs = [RunConfig(**c) for c in meta["configs"]]
     _writable_dir(ap, args.folder, "folder")
+    try:
+        with folder_lock(args.folder, "gradguard " + shlex.join(args.argv)):
+            return _report_in(ap, args, meta, configs)
+    except FolderBusy as e:
+        ap.error(f"invalid folder {str(args.folder)!r}: {_holder(e)}; its report is written "
+                 "when it ends (or run this again then)")
+
+
+def _report_in(ap: argparse.ArgumentParser, args: argparse.Namespace, meta: dict[str, Any],
+               configs: list[RunConfig]) -> int:
+    from .compare._report import write_report
+    from .compare._sweep import scan_records
+
     found, rejected = scan_records(args.folder, configs)
     if rejected:
         print(f"left out {len(rejected)} saved records that failed their check: "
