@@ -381,3 +381,18 @@ def test_a_killed_compare_leaves_no_stale_lock(tmp_path: Path,
     first.communicate(timeout=60)
     assert main([*SWEEP, "--out", str(out)]) == 0  # 20 steps: a different sweep, same folder
     assert "is in use" not in capsys.readouterr().err
+
+
+# -- item 11: the LR finder judges divergence on the raw loss too ------------------------------
+def test_lr_find_on_mnist_reports_the_divergence_of_the_raw_loss(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """`gradguard lr-find --task mnist` wrote "completed" while the raw loss rose from 2.3
+    past 3 at the end of the sweep (issue 14, item 11)."""
+    assert main(["lr-find", "--task", "mnist", "--out", str(tmp_path)]) == 0
+    printed = capsys.readouterr().out
+    result = json.loads((tmp_path / "lr_finder.json").read_text())
+    assert result["stop_reason"] == "diverged", printed
+    assert "(diverged: the loss (median of the last 5 steps)" in printed, printed
+    stop = result["diverged_at"]
+    raw = [v for v in result["losses"][:stop + 1] if v is not None]
+    assert max(raw[-5:]) > raw[0]  # it did climb back past where it started

@@ -17,11 +17,13 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from torch import nn
 
 import gradguard
 from gradguard.clip import AutoClip
-from gradguard.lr_finder import LRFinderResult, _divergence_index, _mean_over_ranks, find_lr
+from gradguard.lr_finder import LRFinderResult, _divergence, _mean_over_ranks, find_lr
 from gradguard.schedules import Warmup
 from helpers import assert_tree_equal
 
@@ -486,31 +488,95 @@ def test_spikes_and_nans_do_not_move_the_suggestion() -> None:
 def test_an_early_spike_is_not_divergence() -> None:
     losses = [1.0] * 30
     losses[1] = 10.0
-    assert _divergence_index(losses, 0.98, 4.0) is None
+    assert _divergence(losses, 0.98, 4.0) == (None, "")
     # ... where the plain debiased EMA would have read 5.5x the best value at step 1
     plain = (0.98 * 0.02 * 1.0 + 0.02 * 10.0) / (1 - 0.98**2)
     assert plain > 4.0 * 1.0
 
 
-def test_divergence_index_against_its_definition() -> None:
-    rng = np.random.default_rng(1)
-    losses = list(1.0 + 0.05 * rng.standard_normal(60))
-    losses += [1.0 * 1.3**k for k in range(1, 40)]
-    beta, k = 0.9, 4.0
-    # the definition, written out: causal lower median of 5, debiased EMA, best so far
-    expected, best, m = None, math.inf, 0.0
+def _divergence_by_definition(losses: list[float], beta: float, k: float) -> int | None:
+    """The module docstring's divergence, written out: per step the causal lower median of
+    the last 5 losses (raw), its debiased EMA (smoothed) and its debiased EMA of beta 0.9
+    (trend); raw or smoothed exceeding k times its best so far, or, once the trend's best is
+    25% below its value at step 5, raw or smoothed 10% above its own value at step 5."""
+    best = {"raw": math.inf, "smoothed": math.inf, "trend": math.inf}
+    start: dict[str, float] = {}
+    m = m9 = 0.0
     for t in range(len(losses)):
         window = sorted(losses[max(0, t - 4):t + 1])
-        m = beta * m + (1 - beta) * window[(len(window) - 1) // 2]
-        s = m / (1 - beta ** (t + 1))
-        if s > best + (k - 1) * abs(best):
-            expected = t
-            break
-        best = min(best, s)
-    assert expected is not None
-    assert _divergence_index(losses, beta, k) == expected
+        raw = window[(len(window) - 1) // 2]
+        m = beta * m + (1 - beta) * raw
+        m9 = 0.9 * m9 + 0.1 * raw
+        now = {"raw": raw, "smoothed": m / (1 - beta ** (t + 1)),
+               "trend": m9 / (1 - 0.9 ** (t + 1))}
+        if t == 4:
+            start = dict(now)
+        best["trend"] = min(best["trend"], now["trend"])
+        learned = bool(start) and best["trend"] <= 0.75 * start["trend"]
+        for key in ("raw", "smoothed"):
+            if now[key] > k * best[key] or (learned and now[key] > 1.1 * start[key]):
+                return t
+            best[key] = min(best[key], now[key])
+    return None
+
+
+@pytest.mark.parametrize("shape", ["blows up", "falls then climbs back", "flat and noisy"])
+def test_divergence_against_its_definition(shape: str) -> None:
+    rng = np.random.default_rng(1)
+    beta, k = 0.9, 4.0
+    if shape == "blows up":
+        losses = list(1.0 + 0.05 * rng.standard_normal(60)) + [1.3**j for j in range(1, 40)]
+    elif shape == "falls then climbs back":  # never 4x its best, but back above its start
+        losses = [2.3 - 1.6 * min(j, 40) / 40 + 0.05 * rng.standard_normal() for j in range(60)]
+        losses += [0.7 + 0.1 * j for j in range(30)]
+    else:
+        losses = list(2.0 * (1 + 0.15 * rng.standard_normal(200)))
+    expected = _divergence_by_definition(losses, beta, k)
+    assert (expected is None) == (shape == "flat and noisy")
+    assert _divergence(losses, beta, k)[0] == expected
     assert LRFinderResult.from_curves(list(np.logspace(-5, 0, len(losses))), losses,
                                       smooth=beta).diverged_at == expected
+
+
+def test_a_blow_up_the_smoothed_loss_lags_behind_is_divergence() -> None:
+    """The shape of `gradguard lr-find --task mnist` (issue 14, item 11): the raw loss falls
+    from 2.3 to 0.7 and climbs back past 3 in the last steps, while the smoothed loss (beta
+    0.98, 50 steps of memory) is still below its start when the sweep ends. It was reported
+    "completed"; the raw loss shows the divergence."""
+    rng = np.random.default_rng(0)
+    lrs = list(np.logspace(-7, 1, 100))
+    losses = [2.3 + 0.01 * rng.standard_normal() for _ in range(55)]
+    losses += [2.3 - 1.6 * j / 15 for j in range(1, 16)]          # steps 55-69: the descent
+    losses += [0.7 + 0.02 * rng.standard_normal() for _ in range(12)]
+    losses += [0.7 + 2.5 * j / 18 for j in range(1, 19)]          # steps 82-99: back to 3.2
+    smoothed_only = _DivergenceOnSmoothedOnly(0.98, 4.0)
+    assert not any(smoothed_only.update(v) for v in losses)  # what the old test saw
+    result = LRFinderResult.from_curves(lrs, losses)
+    assert result.stop_reason == "diverged" and result.diverged_at is not None
+    assert 82 < result.diverged_at < 99
+    assert "back above its starting value" in result.divergence
+    assert "median of the last 5" in result.divergence
+    assert result.smoothed[result.diverged_at] < result.smoothed[4]  # the smoothed lags
+    # the suggestion is still in the descent, before the minimum
+    assert result.suggestion is not None and lrs[55] <= result.suggestion <= lrs[82]
+
+
+class _DivergenceOnSmoothedOnly:
+    """The old test: the smoothed loss against k times its best, nothing else."""
+
+    def __init__(self, beta: float, k: float) -> None:
+        self.beta, self.k, self.m, self.t, self.best = beta, k, 0.0, 0, math.inf
+        self.window: list[float] = []
+
+    def update(self, v: float) -> bool:
+        self.window = [*self.window[-4:], v]
+        self.t += 1
+        self.m = self.beta * self.m + (1 - self.beta) * sorted(self.window)[
+            (len(self.window) - 1) // 2]
+        s = self.m / (1 - self.beta ** self.t)
+        out = s > self.k * self.best
+        self.best = min(self.best, s)
+        return out
 
 
 def test_steepest_is_the_fallback_without_a_valley() -> None:
@@ -590,6 +656,29 @@ def test_plot_marks_the_suggestion_and_the_divergence(tmp_path: Path) -> None:
     horizontal = [line.get_ydata()[0] for line in ax_norm.get_lines()
                   if len(line.get_ydata()) == 2 and line.get_ydata()[0] == line.get_ydata()[1]]
     assert result.suggested_clip in horizontal
+
+
+def test_plot_shows_the_raw_loss_and_not_only_the_smoothed() -> None:
+    """The axis followed the smoothed curve and cut off the raw loss (issue 14, item 11):
+    both curves are in view up to the stop; a lone spike far above is drawn at the edge."""
+    rng = np.random.default_rng(0)
+    lrs = list(np.logspace(-7, 1, 100))
+    losses = [2.3 + 0.01 * rng.standard_normal() for _ in range(55)]
+    losses += [2.3 - 1.6 * j / 15 for j in range(1, 16)]
+    losses += [0.7 + 0.2 * rng.standard_normal() for _ in range(12)]
+    losses[75] = 50.0  # one spike
+    losses += [0.7 + 2.5 * j / 18 for j in range(1, 19)]
+    result = LRFinderResult.from_curves(lrs, losses)
+    stop = result.diverged_at
+    assert stop is not None
+    ax_loss = result.plot().axes[0]
+    lo, hi = ax_loss.get_ylim()
+    shown = [v for v in losses[:stop + 1] if v != 50.0]
+    assert lo <= min(shown) and hi >= max(shown), (lo, hi, min(shown), max(shown))
+    assert lo <= min(result.smoothed[:stop + 1])
+    assert hi < 50.0  # the spike does not squash the curves...
+    labels = [line.get_label() for line in ax_loss.get_lines()]
+    assert "loss above the axis" in labels  # ... and is still shown
 
 
 def test_output_dir_gets_json_and_plot(tmp_path: Path) -> None:
@@ -701,3 +790,15 @@ def test_digits_suggestion_is_competitive_with_a_grid_search() -> None:
     assert final <= 1.2 * best, (result.suggestion, final, grid)
     # the grid's extremes are far worse: the comparison is not trivially satisfied
     assert grid[1e-4] > 5 * best
+
+
+@settings(max_examples=60, deadline=None)
+@given(seed=st.integers(0, 2**32 - 1), level=st.floats(0.01, 100.0),
+       noise=st.floats(0.0, 0.2), beta=st.sampled_from([0.0, 0.6, 0.9, 0.98]))
+def test_noise_on_a_flat_loss_is_never_divergence(seed: int, level: float, noise: float,
+                                                  beta: float) -> None:
+    """A loss that does not learn and does not blow up (a level with up to 20% batch noise,
+    for 300 steps) never reads as diverged, on either curve."""
+    rng = np.random.default_rng(seed)
+    losses = list(level * (1 + noise * rng.standard_normal(300)).clip(0.05))
+    assert _divergence(losses, beta, 4.0) == (None, "")

@@ -515,7 +515,9 @@ def _lr_find(ap: argparse.ArgumentParser, args: argparse.Namespace) -> int:
     except OSError as e:
         _cannot_write(ap, e, out, "earlier files there are as they were")
     print(f"task {task.name}, {args.optimizer}, clip {clip}, {len(result.lrs)} steps "
-          f"({result.stop_reason})")
+          f"({result.stop_reason}" + (f": {result.divergence}" if result.divergence else "")
+          + (f" at lr {result.lrs[result.diverged_at]:.3g})" if result.diverged_at is not None
+             else ")"))
     if result.suggestion is not None:
         print(f"suggested lr: {result.suggestion:.3g} ({result.rule} rule)")
     else:

@@ -14,10 +14,17 @@ The curve and the suggestions (:meth:`LRFinderResult.from_curves`):
   leaves the trend. Non-finite losses are left out. During the sweep the median is over the
   last 5 steps (causal); the stored curve uses the 5 steps centred on each step (the first or
   last 5 at the ends).
-- **divergence**: the first step whose (causal) smoothed loss :math:`s_t` exceeds
-  :math:`b + (k - 1)|b|`, :math:`b` the best smoothed loss so far and :math:`k` =
-  ``diverge_threshold`` (:math:`s_t > k\,b` for a positive loss), or whose loss is not finite.
-  The sweep stops there.
+- **divergence**, judged on the raw loss and on the smoothed loss: the first step whose loss
+  is not finite, or where either curve (the raw one as the causal median of the last 5
+  losses, so that a spike of 1 or 2 steps does not count; the smoothed one causal too)
+  exceeds :math:`b + (k - 1)|b|`, :math:`b` that curve's best value so far and :math:`k` =
+  ``diverge_threshold`` (:math:`v > k\,b` for a positive loss), or is back above its value at
+  step 5 by 10% of it once the loss has come down by 25% (judged on a debiased EMA of
+  :math:`\beta = 0.9` of the medians, whatever ``smooth`` is, so that batch noise on a flat
+  loss is not read as learning): the model lost what it learned. The smoothed curve lags
+  :math:`\sim 1/(1-\beta)` steps (50 at the default 0.98), so on its own it can miss a
+  blow-up at the end of a sweep; the raw curve does not.
+  The sweep stops there and ``divergence`` says which test fired.
 - **stable region**: the steps up to the minimum of the smoothed loss (before divergence).
 - **valley** (the preferred rule; after fastai's ``valley``): the longest decreasing
   subsequence of the smoothed loss in the stable region, from its top :math:`s_a` to its bottom
@@ -75,6 +82,12 @@ __all__ = ["LRFinderResult", "find_lr"]
 
 SWEEP_MODES = ("exp", "linear")
 MEDIAN_WINDOW = 5
+#: "back above its start": once the trend (a debiased EMA of beta TREND_BETA over the raw
+#: medians) has come LEARNED below its value at step 5, a curve more than RISE above its own
+#: value at step 5 has diverged (fractions of the value at step 5)
+TREND_BETA = 0.9
+LEARNED = 0.25
+RISE = 0.1
 VALLEY_POSITION = 0.5
 VALLEY_MIN_DROP = 0.05
 _FORMAT = "gradguard.lr_finder"
@@ -108,25 +121,66 @@ class _EMA:
 
 
 class _DivergenceMonitor:
-    """The online divergence test of the sweep: a causal median of the last 5 finite losses,
-    the debiased EMA of that, compared with the best value so far."""
+    """The online divergence test of the sweep, on the raw loss and on the smoothed loss.
+
+    Each finite loss updates ``raw``, the causal median of the last 5 losses (spikes of up to
+    2 steps do not count), ``smoothed``, the debiased EMA of ``raw`` (beta ``smooth``), and
+    ``trend``, the same with beta ``TREND_BETA`` whatever ``smooth`` is. Either curve has
+    diverged when it exceeds ``k`` times its best value so far (:math:`v > b + (k-1)|b|`), or
+    when it is more than ``RISE`` above its value at step 5 once the trend has come
+    ``LEARNED`` below its own: the model lost what it learned. The raw test sees a blow-up
+    that the smoothed curve, lagging about 1/(1 - beta) steps, has not caught up with by the
+    end of the sweep; the trend, not the raw loss, says whether anything was learned, so that
+    batch noise on a flat loss is never read as learning and then losing it."""
 
     def __init__(self, beta: float, threshold: float) -> None:
         self.ema = _EMA(beta)
+        self.trend = _EMA(TREND_BETA)
         self.threshold = threshold
         self.window: list[float] = []
-        self.best = math.inf
+        self.seen = 0
+        self.best = {"raw": math.inf, "smoothed": math.inf, "trend": math.inf}
+        self.start: dict[str, float] = {}
+        self.reason = ""
 
     def update(self, loss: float) -> bool:
-        """Feed one loss; True when it is not finite or the smoothed loss has diverged."""
+        """Feed one loss; True when it is not finite or a curve has diverged (``reason``
+        says which and why)."""
         if not math.isfinite(loss):
+            self.reason = f"the loss is {loss}"
             return True
+        self.seen += 1
         self.window = [*self.window[-(MEDIAN_WINDOW - 1):], loss]
-        s = self.ema.update(_lower_median(self.window))
-        diverged = math.isfinite(self.best) and s > self.best + (self.threshold - 1.0) * abs(
-            self.best)
-        self.best = min(self.best, s)
-        return diverged
+        raw = _lower_median(self.window)
+        now = {"raw": raw, "smoothed": self.ema.update(raw), "trend": self.trend.update(raw)}
+        if self.seen == MEDIAN_WINDOW:
+            self.start = dict(now)
+        self.best["trend"] = min(self.best["trend"], now["trend"])
+        learned = bool(self.start) and (
+            self.best["trend"] <= self.start["trend"] - LEARNED * abs(self.start["trend"]))
+        words = {"raw": "loss (median of the last 5 steps)", "smoothed": "smoothed loss"}
+        for key in ("raw", "smoothed"):
+            value, best = now[key], self.best[key]
+            if math.isfinite(best) and value > best + (self.threshold - 1.0) * abs(best):
+                self.reason = (f"the {words[key]} {value:.4g} exceeds {self.threshold:g}x its "
+                               f"best {best:.4g}")
+            elif learned and value > self.start[key] + RISE * abs(self.start[key]):
+                self.reason = (f"the {words[key]} {value:.4g} is back above its starting "
+                               f"value {self.start[key]:.4g}")
+            if self.reason:
+                return True
+            self.best[key] = min(best, value)
+        return False
+
+
+def _divergence(losses: Sequence[float], beta: float,
+                threshold: float) -> tuple[int | None, str]:
+    """The step the sweep would have stopped at (None: none) and why."""
+    monitor = _DivergenceMonitor(beta, threshold)
+    for i, v in enumerate(losses):
+        if math.isfinite(v) and monitor.update(v):
+            return i, monitor.reason
+    return None, ""
 
 
 def smooth_curve(losses: Sequence[float], beta: float = 0.98) -> list[float]:
@@ -149,14 +203,6 @@ def smooth_curve(losses: Sequence[float], beta: float = 0.98) -> list[float]:
         lo = min(max(0, k - half), max(0, len(vals) - MEDIAN_WINDOW))
         out[i] = ema.update(_lower_median(vals[lo:lo + MEDIAN_WINDOW]))
     return out
-
-
-def _divergence_index(losses: Sequence[float], beta: float, threshold: float) -> int | None:
-    monitor = _DivergenceMonitor(beta, threshold)
-    for i, v in enumerate(losses):
-        if math.isfinite(v) and monitor.update(v):
-            return i
-    return None
 
 
 def _longest_decreasing(values: np.ndarray) -> tuple[int, int, int]:
@@ -257,7 +303,8 @@ class LRFinderResult:
     are both rules' LRs. ``stable_end`` is the last step of the stable region (the minimum of
     the smoothed loss). ``suggested_clip`` is a max-norm threshold for ``"global_norm:C"``.
     ``diverged_at`` is the step at which the sweep stopped for divergence (None: it ran to the
-    end), ``stop_reason`` ``"completed"``, ``"diverged"`` or ``"nonfinite"``. The module
+    end), ``stop_reason`` ``"completed"``, ``"diverged"`` or ``"nonfinite"``, and
+    ``divergence`` says which curve diverged and how (empty when none did). The module
     docstring defines all of these.
     """
 
@@ -277,6 +324,7 @@ class LRFinderResult:
     stop_reason: str
     message: str = ""
     settings: dict[str, Any] = field(default_factory=dict)
+    divergence: str = ""
 
     @classmethod
     def from_curves(cls, lrs: Sequence[float], losses: Sequence[float],
@@ -284,6 +332,7 @@ class LRFinderResult:
                     clip_scales: Mapping[str, Sequence[float]] | None = None, *,
                     smooth: float = 0.98, diverge_threshold: float = 4.0,
                     diverged_at: int | None = None, stop_reason: str | None = None,
+                    divergence: str = "",
                     clip_percentile: float = 90.0,
                     settings: dict[str, Any] | None = None) -> LRFinderResult:
         """Smooth, find the divergence (unless given) and suggest, from recorded curves.
@@ -303,7 +352,7 @@ class LRFinderResult:
             raise ValueError(f"Invalid grad_norms: {len(norms)} values for {n} LRs")
         losses_f = [float(v) for v in losses]
         if diverged_at is None:
-            diverged_at = _divergence_index(losses_f, smooth, diverge_threshold)
+            diverged_at, divergence = _divergence(losses_f, smooth, diverge_threshold)
         if stop_reason is None:
             stop_reason = "completed" if diverged_at is None else "diverged"
         smoothed = smooth_curve(losses_f, smooth)
@@ -319,7 +368,7 @@ class LRFinderResult:
             suggestion_index=sug.index, steepest=lr_of(sug.steepest), valley=lr_of(sug.valley),
             suggested_clip=_suggest_clip(norms, sug.stable_end, clip_percentile),
             stable_end=sug.stable_end, diverged_at=diverged_at, stop_reason=stop_reason,
-            message=sug.message, settings=dict(settings or {}))
+            message=sug.message, settings=dict(settings or {}), divergence=divergence)
 
     # -- JSON -----------------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
@@ -368,15 +417,30 @@ class LRFinderResult:
         FigureCanvasAgg(fig)
         ax_loss, ax_norm = fig.subplots(2, 1, sharex=True, height_ratios=[2, 1])
         lrs = np.asarray(self.lrs)
-        ax_loss.plot(lrs, self.losses, color="C0", alpha=0.3, lw=1, label="loss")
+        ax_loss.plot(lrs, self.losses, color="C0", alpha=0.45, lw=1, label="loss (raw)")
         ax_loss.plot(lrs, self.smoothed, color="C0", lw=2, label="smoothed loss")
         ax_loss.set_xscale("log")
         ax_loss.set_ylabel("loss")
-        finite = [v for v in self.smoothed if math.isfinite(v)]
-        if finite:  # keep the divergence from squashing the interesting part
-            lo, hi = min(finite), finite[0]
-            hi = max(hi, lo) + 0.1 * (abs(max(hi, lo) - lo) + abs(lo) + 1e-12)
-            ax_loss.set_ylim(lo - 0.1 * (hi - lo), hi)
+        stop = len(lrs) if self.diverged_at is None else self.diverged_at + 1
+        raw = np.asarray(self.losses[:stop], dtype=np.float64)
+        smooth = np.asarray(self.smoothed[:stop], dtype=np.float64)
+        both = np.concatenate([raw[np.isfinite(raw)], smooth[np.isfinite(smooth)]])
+        if both.size:
+            # Both curves in view: from the lowest raw loss to the highest raw loss up to the
+            # stop, except that a lone spike far above the rest (past 3 times the spread of
+            # the loss between its start and its minimum) is drawn at the top edge as a
+            # triangle instead of squashing the curves.
+            lo = float(both.min())
+            start = float(raw[np.isfinite(raw)][0]) if np.isfinite(raw).any() else lo
+            spread = max(abs(start - lo), 1e-12 * max(abs(lo), 1.0))
+            hi = min(float(both.max()), start + 3.0 * spread)
+            pad = 0.05 * (hi - lo) if hi > lo else 0.05 * max(abs(lo), 1.0)
+            ax_loss.set_ylim(lo - pad, hi + pad)
+            above = np.isfinite(raw) & (raw > hi + pad)
+            if above.any():
+                ax_loss.plot(lrs[:stop][above], np.full(int(above.sum()), hi + pad), "^",
+                             color="C0", alpha=0.5, clip_on=False,
+                             label="loss above the axis")
         if self.suggestion_index is not None and self.suggestion is not None:
             i = self.suggestion_index
             label = f"suggested lr {self.suggestion:.3g} ({self.rule})"
@@ -691,11 +755,11 @@ def find_lr(
                      device)
     finally:
         snapshot.restore()
-    lrs, losses, norms, scales, diverged_at, reason = rec
+    lrs, losses, norms, scales, diverged_at, reason, why = rec
     result = LRFinderResult.from_curves(
         lrs, losses, norms, scales, smooth=smooth, diverge_threshold=diverge_threshold,
-        diverged_at=diverged_at, stop_reason=reason, clip_percentile=clip_percentile,
-        settings=settings)
+        diverged_at=diverged_at, stop_reason=reason, divergence=why,
+        clip_percentile=clip_percentile, settings=settings)
     if output_dir is not None:
         out = Path(output_dir)
         result.to_json(out / "lr_finder.json")
@@ -717,7 +781,7 @@ def _sweep(model: nn.Module, loss_fn: Callable[[Any, Any], Tensor],
            num_steps: int, smooth: float, threshold: float, accumulation_steps: int,
            amp_dtype: torch.dtype | None, policies: dict[str, ClipPolicy],
            device: torch.device) -> tuple[list[float], list[float], list[float],
-                                          dict[str, list[float]], int | None, str]:
+                                          dict[str, list[float]], int | None, str, str]:
     groups = optimizer.param_groups
     ref = float(groups[0]["lr"])
     ratios = [float(g["lr"]) / ref if ref != 0 else 1.0 for g in groups]
@@ -793,7 +857,9 @@ def _sweep(model: nn.Module, loss_fn: Callable[[Any, Any], Tensor],
         for k, v in zip(scales, host[2:], strict=True):
             scales[k].append(v)
         if not math.isfinite(host[0]) or stopped_by_guard:
-            return lrs, losses, norms, scales, t, "nonfinite"
+            why = ("the guard stopped after repeated non-finite gradients" if stopped_by_guard
+                   else f"the loss is {host[0]}")
+            return lrs, losses, norms, scales, t, "nonfinite", why
         if monitor.update(host[0]):
-            return lrs, losses, norms, scales, t, "diverged"
-    return lrs, losses, norms, scales, None, "completed"
+            return lrs, losses, norms, scales, t, "diverged", monitor.reason
+    return lrs, losses, norms, scales, None, "completed", ""
