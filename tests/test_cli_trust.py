@@ -396,3 +396,23 @@ def test_lr_find_on_mnist_reports_the_divergence_of_the_raw_loss(
     stop = result["diverged_at"]
     raw = [v for v in result["losses"][:stop + 1] if v is not None]
     assert max(raw[-5:]) > raw[0]  # it did climb back past where it started
+
+
+# -- item 12: the default rule is the one that trained most often ------------------------------
+def test_lr_find_gives_the_minimum_rule_by_default_and_the_others_on_request(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["lr-find", "--task", "mnist", "--out", str(tmp_path / "a")]) == 0
+    printed = capsys.readouterr().out
+    result = json.loads((tmp_path / "a" / "lr_finder.json").read_text())
+    assert result["rule"] == "minimum" and result["settings"]["rule"] == "minimum"
+    stable = result["lrs"][result["stable_end"]]
+    assert result["suggestion"] == pytest.approx(stable / 10)
+    assert f"suggested lr: {result['suggestion']:.3g} (minimum rule); the other rules:" in printed
+    assert main(["lr-find", "--task", "mnist", "--rule", "valley",
+                 "--out", str(tmp_path / "b")]) == 0
+    capsys.readouterr()
+    valley = json.loads((tmp_path / "b" / "lr_finder.json").read_text())
+    assert valley["rule"] == "valley" and valley["suggestion"] == result["valley"]
+    with pytest.raises(SystemExit) as exc:
+        main(["lr-find", "--rule", "fastest", "--out", str(tmp_path / "c")])
+    assert exc.value.code == 2 and "'minimum', 'valley', 'steepest'" in capsys.readouterr().err

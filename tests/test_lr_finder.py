@@ -438,7 +438,7 @@ def clean_losses() -> np.ndarray:
 
 def test_valley_and_steepest_on_a_clean_curve() -> None:
     losses = clean_losses()
-    result = LRFinderResult.from_curves(LRS, losses, smooth=0.0)
+    result = LRFinderResult.from_curves(LRS, losses, smooth=0.0, rule="valley")
     # independent: the curve falls from its start to its minimum, so the valley's top is the
     # first loss and its bottom the minimum; the rule takes the first point half-way down
     m = int(np.argmin(losses))
@@ -463,8 +463,8 @@ def test_spikes_and_nans_do_not_move_the_suggestion() -> None:
         spiky[i] *= 8.0  # early spikes, and a two-step spike in the descent
     spiky[[25, 52]] = math.nan
     spiky[33] = math.inf
-    ref = LRFinderResult.from_curves(LRS, noisy)
-    result = LRFinderResult.from_curves(LRS, spiky)
+    ref = LRFinderResult.from_curves(LRS, noisy, rule="valley")
+    result = LRFinderResult.from_curves(LRS, spiky, rule="valley")
     assert result.rule == ref.rule == "valley"
     assert abs(result.suggestion_index - ref.suggestion_index) <= 2  # type: ignore[operator]
     assert abs(LRS.index(result.steepest) - LRS.index(ref.steepest)) <= 2
@@ -583,11 +583,53 @@ def test_steepest_is_the_fallback_without_a_valley() -> None:
     # flat, a cliff, flat, then a rise: no decreasing run of 5 steps
     losses = [2.0] * 40 + [1.0] + [0.5] * 20 + [0.5 + 0.1 * k for k in range(1, 30)]
     lrs = list(np.logspace(-6, 0, len(losses)))
-    result = LRFinderResult.from_curves(lrs, losses, smooth=0.0)
+    result = LRFinderResult.from_curves(lrs, losses, smooth=0.0, rule="valley")
     assert result.valley is None
     assert result.rule == "steepest"
     assert 39 <= result.suggestion_index <= 41  # type: ignore[operator]
     assert "no clear valley" in result.message
+
+
+def test_minimum_rule_is_a_tenth_of_the_lr_at_the_smoothed_minimum() -> None:
+    losses = clean_losses()
+    result = LRFinderResult.from_curves(LRS, losses, smooth=0.0)  # the default rule
+    assert result.rule == "minimum" and result.stable_end is not None
+    assert result.suggestion == pytest.approx(LRS[result.stable_end] / 10)
+    assert result.minimum == result.suggestion
+    # independent: the minimum of the curve (the median of 5 moves a V's bottom by <= 2)
+    assert abs(result.stable_end - int(np.argmin(losses))) <= 2
+    # the dot of the plot sits at the step nearest the suggestion
+    assert result.suggestion_index is not None
+    nearest = int(np.argmin(np.abs(np.log10(LRS) - math.log10(result.suggestion))))
+    assert result.suggestion_index == nearest
+    # all three rules are reported whichever is chosen
+    for rule in ("valley", "steepest"):
+        other = LRFinderResult.from_curves(LRS, losses, smooth=0.0, rule=rule)
+        assert (other.minimum, other.valley, other.steepest) == (
+            result.minimum, result.valley, result.steepest)
+        assert other.rule == rule and other.suggestion == getattr(result, rule)
+
+
+def test_minimum_rule_gives_nothing_when_the_loss_is_lowest_at_the_start() -> None:
+    """digits with SGD momentum: the smoothed loss was lowest at step 4 of 100 (LR 2e-7, a
+    'suggestion' of 2e-8 that cannot train): that is no minimum, and no suggestion."""
+    lrs = list(np.logspace(-7, 1, 100))
+    losses = [2.30, 2.29, 2.28, 2.28, 2.27] + [2.3 + 0.002 * j for j in range(95)]
+    result = LRFinderResult.from_curves(lrs, losses, smooth=0.5)
+    assert result.stable_end is not None and result.stable_end < 10
+    assert result.suggestion is None and result.rule is None and result.minimum is None
+    assert "lowest in the first 10% of the sweep" in result.message
+    # a minimum only 1% below the start, but late in the sweep, is a suggestion
+    late = [2.30] * 60 + [2.30 - 0.003 * j for j in range(1, 8)] + [2.5 * 1.2**j for j in range(20)]
+    result = LRFinderResult.from_curves(lrs[:len(late)], late, smooth=0.0)
+    assert result.rule == "minimum" and result.stable_end is not None
+    assert result.stable_end >= 60
+    assert result.suggestion == pytest.approx(lrs[result.stable_end] / 10)
+
+
+def test_an_unknown_rule_is_refused() -> None:
+    with pytest.raises(ValueError, match="Invalid rule: 'fastest'"):
+        LRFinderResult.from_curves(LRS, clean_losses(), rule="fastest")
 
 
 def test_no_suggestion_when_the_loss_never_falls() -> None:
@@ -784,10 +826,12 @@ def test_digits_suggestion_is_competitive_with_a_grid_search() -> None:
     opt = gradguard.Adam(model.parameters(), lr=1e-3, backend="eager")
     result = find_lr(model, F.cross_entropy, batches, opt, start_lr=1e-6, end_lr=10.0,
                      num_steps=100)
-    assert result.rule == "valley" and result.suggestion is not None
+    assert result.rule == "minimum" and result.suggestion is not None
     assert result.suggested_clip is not None and result.suggested_clip > 0
-    final = train(result.suggestion)
-    assert final <= 1.2 * best, (result.suggestion, final, grid)
+    for rule in ("minimum", "valley"):  # the default, and the former default
+        lr = getattr(result, rule)
+        final = train(lr)
+        assert final <= 1.2 * best, (rule, lr, final, grid)
     # the grid's extremes are far worse: the comparison is not trivially satisfied
     assert grid[1e-4] > 5 * best
 

@@ -362,7 +362,7 @@ def run(args: argparse.Namespace, ap: argparse.ArgumentParser) -> int:
     if args.reps > MAX_REPS and not args.insist:
         ap.error(f"invalid --reps {args.reps}: more than {MAX_REPS:,}; give fewer, or add "
                  "--insist")
-    block = sum(int(torch.Size(s).numel()) for s in transformer_shapes(1, args.width))
+    block = 12 * args.width**2 + 13 * args.width  # transformer_shapes' block, in Python ints
     if block > max(2 * max(sizes) * 1e6, 1e8):
         ap.error(f"invalid --width {args.width}: one transformer block of that width holds "
                  f"{block:,} parameters, more than 100M and than twice the largest --sizes "

@@ -76,10 +76,12 @@ _positive_int = _positive(int, "an integer >= 1")
 
 def _nonempty(text: str) -> str:
     """An argparse ``type`` for names, lists and specs: an empty value is refused, never read
-    as "the default"."""
+    as "the default"; so is a NUL character, which no name, spec or path can hold."""
     if not text.strip():
         raise argparse.ArgumentTypeError(f"invalid value {text!r}: must not be empty (leave the "
                                          "option out for its default)")
+    if "\x00" in text:
+        raise argparse.ArgumentTypeError(f"invalid value {text!r}: holds a NUL character")
     return text
 
 
@@ -101,8 +103,9 @@ def _writable_dir(ap: argparse.ArgumentParser, path: Path, option: str) -> Path:
         fd, probe = tempfile.mkstemp(dir=path, prefix=".write-test-")
         os.close(fd)
         os.unlink(probe)
-    except OSError as e:
-        ap.error(f"invalid {option} {str(path)!r}: cannot write there ({e.strerror or e}); "
+    except (OSError, ValueError) as e:  # ValueError: a NUL in the path
+        why = (e.strerror if isinstance(e, OSError) else None) or e
+        ap.error(f"invalid {option} {str(path)!r}: cannot write there ({why}); "
                  "choose a folder you can write to")
     return path
 
@@ -459,6 +462,10 @@ def _add_lr_find(sub: Any) -> None:
     p.add_argument("--end-lr", type=_positive_float, default=10.0)
     p.add_argument("--steps", type=_positive_int, default=100, help="sweep steps (100)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--rule", default="minimum", choices=["minimum", "valley", "steepest"],
+                   help="which suggestion to give (default: minimum, a tenth of the LR at the "
+                        "smoothed loss's minimum, which trained most often on the built-in "
+                        "tasks; the README has the table); all three are in lr_finder.json")
     p.add_argument("--out", type=_folder, help="folder for lr_finder.json and lr_finder.png "
                    "(default: gradguard-runs/lr-find-TASK-OPTIMIZER)")
     p.add_argument("--insist", action="store_true",
@@ -511,7 +518,8 @@ def _lr_find(ap: argparse.ArgumentParser, args: argparse.Namespace) -> int:
     draw = tasks.batches(task, torch.Generator().manual_seed(args.seed))
     try:
         result = find_lr(model, task.loss_fn, draw, opt, start_lr=args.start_lr,
-                         end_lr=args.end_lr, num_steps=args.steps, output_dir=out)
+                         end_lr=args.end_lr, num_steps=args.steps, rule=args.rule,
+                         output_dir=out)
     except OSError as e:
         _cannot_write(ap, e, out, "earlier files there are as they were")
     print(f"task {task.name}, {args.optimizer}, clip {clip}, {len(result.lrs)} steps "
@@ -519,7 +527,11 @@ def _lr_find(ap: argparse.ArgumentParser, args: argparse.Namespace) -> int:
           + (f" at lr {result.lrs[result.diverged_at]:.3g})" if result.diverged_at is not None
              else ")"))
     if result.suggestion is not None:
-        print(f"suggested lr: {result.suggestion:.3g} ({result.rule} rule)")
+        others = ", ".join(f"{rule} {getattr(result, rule):.3g}"
+                           for rule in ("minimum", "valley", "steepest")
+                           if rule != result.rule and getattr(result, rule) is not None)
+        print(f"suggested lr: {result.suggestion:.3g} ({result.rule} rule)"
+              + (f"; the other rules: {others}" if others else ""))
     else:
         print("suggested lr: none — " + (result.message or "the loss never fell"))
     if result.suggested_clip is not None:
