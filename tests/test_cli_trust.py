@@ -416,3 +416,72 @@ def test_lr_find_gives_the_minimum_rule_by_default_and_the_others_on_request(
     with pytest.raises(SystemExit) as exc:
         main(["lr-find", "--rule", "fastest", "--out", str(tmp_path / "c")])
     assert exc.value.code == 2 and "'minimum', 'valley', 'steepest'" in capsys.readouterr().err
+
+
+# -- item 1: every option of compare reaches what is trained -----------------------------------
+ONE = {"--task": "digits", "--optimizers": "adam", "--clip": "none", "--schedule": "constant",
+       "--lr": "0.01", "--seeds": "1", "--steps": "6", "--batch-size": "16",
+       "--eval-every": "3", "--workers": "1"}
+CHANGED = {"--task": "mnist", "--optimizers": "momentum", "--clip": "global_norm:0.01",
+           "--schedule": "cosine", "--lr": "0.001", "--seeds": "2", "--steps": "9",
+           "--batch-size": "64", "--eval-every": "2", "--workers": "2"}
+
+
+def _sweep_records(out: Path, **changes: str) -> list[dict[str, Any]]:
+    argv = ["compare", "--no-progress", "--out", str(out)]
+    for option, value in {**ONE, **changes}.items():
+        argv += [option, value]
+    assert main(argv) == 0
+    return [json.loads(p.read_text()) for p in sorted((out / "runs").glob("*.json"))]
+
+
+def _numbers(rec: dict[str, Any]) -> Any:
+    return rec["curves"], rec["grad"], rec["final"]
+
+
+def test_every_option_of_compare_changes_what_is_trained(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """``--batch-size`` was ignored while the record showed it (issue 14, item 1): each
+    option that shapes a run is changed in turn, and the run trained changes with it, as
+    the option says; the options that do not shape a run (workers, fresh) leave its numbers
+    exactly as they were."""
+    (base,) = _sweep_records(tmp_path / "base")
+    assert set(CHANGED) == set(ONE)
+    for option, value in CHANGED.items():
+        recs = _sweep_records(tmp_path / option.strip("-"), **{option: value})
+        rec = recs[0]
+        key = {"--lr": "lr", "--batch-size": "batch_size", "--task": "task"}.get(option)
+        if option == "--workers":  # the same run, trained by another process
+            assert _numbers(rec) == _numbers(base), option
+            continue
+        if option == "--seeds":  # seed 0 is the same run; seed 1 another
+            by_seed = {r["config"]["seed"]: r for r in recs}
+            assert sorted(by_seed) == [0, 1]
+            assert _numbers(by_seed[0]) == _numbers(base) != _numbers(by_seed[1])
+            continue
+        assert _numbers(rec) != _numbers(base), option
+        if option == "--steps":
+            assert rec["steps_done"] == 9 and rec["curves"]["step"][-1] == 9
+        elif option == "--eval-every":
+            assert rec["curves"]["step"] == [0, 2, 4, 6]
+        elif option == "--clip":
+            assert rec["config"]["clip"] == "global_norm:0.01" and all(rec["grad"]["clipped"])
+        elif option == "--schedule":
+            assert rec["curves"]["lr"][0] == 0.01 and rec["curves"]["lr"][-1] < 0.01
+        elif option == "--optimizers":
+            assert rec["config"]["optimizer"] == "momentum"
+        else:
+            assert key is not None and str(rec["config"][key]) == value, (option, rec["config"])
+    capsys.readouterr()
+    # --fresh trains the saved run again, to the same numbers
+    (again,) = _fresh(tmp_path / "base")
+    assert _numbers(again) == _numbers(base)
+    assert "(1 trained now, 0 reused)" in capsys.readouterr().err
+
+
+def _fresh(out: Path) -> list[dict[str, Any]]:
+    argv = ["compare", "--no-progress", "--fresh", "--out", str(out)]
+    for option, value in ONE.items():
+        argv += [option, value]
+    assert main(argv) == 0
+    return [json.loads(p.read_text()) for p in sorted((out / "runs").glob("*.json"))]
