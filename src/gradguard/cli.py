@@ -242,6 +242,10 @@ def _configs(ap: argparse.ArgumentParser, args: argparse.Namespace, task: tasks.
         ap.error(f"the grid plans {planned:,} runs, more than the {HARD_LIMITS['runs']:,} one "
                  "sweep can hold (sweep.json lists every run), even with --insist; give "
                  "fewer --seeds, learning rates, optimizers, clips or schedules, or split it")
+    if planned > LIMITS["runs"] and not args.insist:  # refused before the grid is built
+        ap.error(f"refusing a sweep this size: {planned:,} runs is more than "
+                 f"{LIMITS['runs']:,}. Give fewer seeds, learning rates or settings, or add "
+                 "--insist to run it anyway")
     for optimizers, clip_texts in grids:
         clips = [canonical_clip(t.strip()) for t in clip_texts if t.strip()]
         configs += expand(task_spec, optimizers, clips, schedules, lrs, seeds, steps, batch,
