@@ -536,3 +536,27 @@ def test_unknown_spec_lists_valid_forms(spec: str) -> None:
 def test_malformed_spec_raises(spec: str) -> None:
     with pytest.raises(ValueError):
         gclip.parse(spec)
+
+
+def test_each_policy_says_its_threshold_so_no_caller_tests_its_type() -> None:
+    """``threshold`` is what the records and plots show (compare, the monitor): the global L2
+    norm clipped to, for global_norm its ``c``; for AutoClip and ZClip the last one used
+    (None before the first step, though ``has_threshold`` says one will come); None for the
+    per-tensor and unit-wise policies and for a global norm of another order."""
+    from gradguard import optim as gg_optim
+    from gradguard.clip import parse
+
+    p = torch.nn.Parameter(torch.ones(4))
+    expected_none = ["none", "value:0.1", "norm:1", "agc:0.05", "global_norm:1:norm_type=inf"]
+    for spec in expected_none:
+        policy = parse(spec)
+        assert policy.threshold is None and not policy.has_threshold, spec
+    assert parse("global_norm:2.5").threshold == 2.5 and parse("global_norm:2.5").has_threshold
+    for spec in ("auto:10", "zclip:2.5"):
+        policy = parse(spec)
+        assert policy.threshold is None and policy.has_threshold, spec
+        opt = gg_optim.SGD([p], lr=0.1, clip=policy)
+        p.grad = torch.full((4,), 3.0)
+        opt.step()
+        assert policy.threshold is policy.last_threshold is not None, spec
+        assert not torch.isnan(torch.as_tensor(policy.threshold)), spec  # ZClip: inf in warm-up

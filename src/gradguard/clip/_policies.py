@@ -79,6 +79,19 @@ class ClipPolicy:
         unless ``skip`` (a bool tensor) is true: a skipped step leaves the state unchanged."""
         raise TypeError(f"{type(self).__name__} must define decide()")
 
+    # -- the threshold ------------------------------------------------------------------
+    @property
+    def threshold(self) -> Tensor | float | None:
+        """The norm of all gradients together that this policy clips to now, for logs and
+        plots; None for a policy without one (per-tensor ones, or a global norm other than
+        the L2 norm) and for an adaptive one before its first step."""
+        return None
+
+    @property
+    def has_threshold(self) -> bool:
+        """Whether :attr:`threshold` is (or, for an adaptive policy, will be) a number."""
+        return self.threshold is not None
+
     # -- identity -------------------------------------------------------------------------
     def _hparams(self) -> dict[str, Any]:
         return {}
@@ -227,6 +240,10 @@ class GlobalNorm(_NormPolicy):
 
     name = "global_norm"
 
+    @property
+    def threshold(self) -> float | None:
+        return float(self.c) if self.norm_type == 2.0 else None
+
     def decide(self, stats: GradStats, idx: list[int], skip: Tensor | None) -> ClipDecision:
         norm = stats.total_norm(idx, self.norm_type)
         scale = _ratio_scale(self.c, norm)
@@ -317,6 +334,14 @@ class AutoClip(ClipPolicy):
 
     def _hparams(self) -> dict[str, Any]:
         return {"percentile": self.percentile, "history": self.history}
+
+    @property
+    def threshold(self) -> Tensor | None:
+        return self.last_threshold
+
+    @property
+    def has_threshold(self) -> bool:
+        return True
 
     @property
     def spec(self) -> str:
@@ -418,6 +443,14 @@ class ZClip(ClipPolicy):
     def _hparams(self) -> dict[str, Any]:
         return {"alpha": self.alpha, "z_thresh": self.z_thresh, "warmup": self.warmup,
                 "max_norm": self.max_norm, "eps": self.eps}
+
+    @property
+    def threshold(self) -> Tensor | None:
+        return self.last_threshold
+
+    @property
+    def has_threshold(self) -> bool:
+        return True
 
     @property
     def spec(self) -> str:

@@ -10,10 +10,9 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from torch import Tensor
 
 from .._files import write_atomic, write_files
-from ..clip import AutoClip, GlobalNorm, ZClip
+from ..clip import ClipPolicy
 from ..errors import NonFiniteGradientError
 from ..schedules import parse as parse_schedule
 from ..schedules._spec import _takes_metrics
@@ -51,17 +50,6 @@ def read_record(path: Path) -> dict[str, Any] | None:
     return data
 
 
-def _threshold(policy: Any) -> Tensor | float | None:
-    """The norm a global policy clips to (None for per-tensor policies; AutoClip and ZClip
-    have one only after their first step)."""
-    if isinstance(policy, GlobalNorm) and policy.norm_type == 2.0:
-        return float(policy.c)
-    if isinstance(policy, AutoClip | ZClip):
-        thr: Tensor | None = policy.last_threshold
-        return thr
-    return None
-
-
 def train_one(task: Task, cfg: RunConfig) -> dict[str, Any]:
     """Train ``task``'s model once as ``cfg`` says and return the run's record.
 
@@ -80,9 +68,9 @@ def train_one(task: Task, cfg: RunConfig) -> dict[str, Any]:
     sched = None if cfg.schedule == "constant" else parse_schedule(cfg.schedule, opt, cfg.steps)
     takes_metrics = sched is not None and _takes_metrics(sched)
     draw = batches(task, torch.Generator().manual_seed(10_000 + cfg.seed), cfg.batch_size)
-    policy = getattr(opt, "clip", None)
+    policy: ClipPolicy | None = getattr(opt, "clip", None)
     # AutoClip and ZClip have a threshold only once they have stepped.
-    has_thr = isinstance(policy, AutoClip | ZClip) or _threshold(policy) is not None
+    has_thr = policy is not None and policy.has_threshold
 
     n = cfg.steps
     norms = torch.full((n,), math.nan)
@@ -121,7 +109,7 @@ def train_one(task: Task, cfg: RunConfig) -> dict[str, Any]:
             clipped[t] = rec.clipped
             skipped[t] = rec.skipped
             if has_thr:
-                thr = _threshold(policy)
+                thr = policy.threshold if policy is not None else None
                 if thr is not None:
                     thresholds[t] = thr
             done = t + 1

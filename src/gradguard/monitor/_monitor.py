@@ -12,7 +12,7 @@ import torch
 from torch import Tensor, nn
 from torch.optim import Optimizer
 
-from ..clip import AutoClip, GlobalNorm, ZClip
+from ..clip import ClipPolicy
 from ..optim._core import param_names
 from ._detectors import Detector, Finding, Record, default_detectors
 from ._writers import Writer, summarize
@@ -231,12 +231,7 @@ class Monitor:
 
     def _threshold(self) -> float | Tensor | None:
         policy = getattr(self.optimizer, "clip", None)
-        if isinstance(policy, GlobalNorm) and policy.norm_type == 2.0:
-            return policy.c
-        if isinstance(policy, AutoClip | ZClip):
-            thr: Tensor | None = policy.last_threshold
-            return thr
-        return None
+        return policy.threshold if isinstance(policy, ClipPolicy) else None
 
     def _build(self, pending: list[Any], values: list[float], n: int, k: int,
                has_update: bool, extra_keys: list[str]) -> Record:
