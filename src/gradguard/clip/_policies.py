@@ -299,7 +299,22 @@ def _commit(old: Tensor, new: Tensor, skip: Tensor | None) -> Tensor:
     return new if skip is None else torch.where(skip, old, new)
 
 
-class AutoClip(ClipPolicy):
+class _AdaptiveGlobal(ClipPolicy):
+    """A policy that clips the global norm to a threshold it adapts each step; the one it
+    used last is ``last_threshold`` (None before the first step)."""
+
+    last_threshold: Tensor | None = None
+
+    @property
+    def threshold(self) -> Tensor | None:
+        return self.last_threshold
+
+    @property
+    def has_threshold(self) -> bool:
+        return True
+
+
+class AutoClip(_AdaptiveGlobal):
     r"""AutoClip (Seetharaman et al. 2020; spec ``"auto:PERCENTILE"``).
 
     Each step appends the total gradient norm to a history (all steps, or the last
@@ -334,14 +349,6 @@ class AutoClip(ClipPolicy):
 
     def _hparams(self) -> dict[str, Any]:
         return {"percentile": self.percentile, "history": self.history}
-
-    @property
-    def threshold(self) -> Tensor | None:
-        return self.last_threshold
-
-    @property
-    def has_threshold(self) -> bool:
-        return True
 
     @property
     def spec(self) -> str:
@@ -397,7 +404,7 @@ class AutoClip(ClipPolicy):
         self._calls = self._buf.numel()
 
 
-class ZClip(ClipPolicy):
+class ZClip(_AdaptiveGlobal):
     r"""ZClip, z-score clipping of gradient-norm spikes (Kumar et al. 2025; spec ``"zclip:Z"``).
 
     The first ``warmup`` norms initialise the running mean :math:`\mu` and variance
@@ -443,14 +450,6 @@ class ZClip(ClipPolicy):
     def _hparams(self) -> dict[str, Any]:
         return {"alpha": self.alpha, "z_thresh": self.z_thresh, "warmup": self.warmup,
                 "max_norm": self.max_norm, "eps": self.eps}
-
-    @property
-    def threshold(self) -> Tensor | None:
-        return self.last_threshold
-
-    @property
-    def has_threshold(self) -> bool:
-        return True
 
     @property
     def spec(self) -> str:
