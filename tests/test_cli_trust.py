@@ -485,3 +485,23 @@ def _fresh(out: Path) -> list[dict[str, Any]]:
         argv += [option, value]
     assert main(argv) == 0
     return [json.loads(p.read_text()) for p in sorted((out / "runs").glob("*.json"))]
+
+
+def test_compare_reads_the_saved_records_once(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                              capsys: pytest.CaptureFixture[str]) -> None:
+    """The plan and the sweep share one scan of OUT/runs (each read and checks every saved
+    record; a resumed sweep of thousands of runs read them all twice)."""
+    from gradguard.compare import _sweep
+
+    real, calls = _sweep.scan_records, []
+
+    def counting(*args: Any, **kwargs: Any) -> Any:
+        calls.append(1)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(_sweep, "scan_records", counting)
+    out = ["--out", str(tmp_path / "out")]
+    assert main([*SWEEP, *out]) == 0
+    assert main([*SWEEP, *out]) == 0  # resumed: every run reused
+    assert "reused 4 finished runs" in capsys.readouterr().err
+    assert len(calls) == 2

@@ -33,7 +33,8 @@ from .compare._grid import (
     parse_lrs,
     parse_names,
 )
-from .compare._plan import HARD_LIMITS, LIMITS, duration
+from .compare._plan import HARD_LIMITS, LIMITS, Pace, duration, measure_pace
+from .lr_finder import RULES
 from .schedules import VALID_FORMS as SCHEDULE_FORMS
 
 __all__ = ["MAIN_JOB", "main"]
@@ -222,6 +223,7 @@ def _configs(ap: argparse.ArgumentParser, args: argparse.Namespace, task: tasks.
         seeds = args.seeds or MAIN_JOB["seeds"]
     configs: list[RunConfig] = []
     all_clips: list[str] = []
+    parsed: list[tuple[list[str], list[str]]] = []
     planned = 0
     for optimizers, clip_texts in grids:
         clips = []
@@ -235,6 +237,7 @@ def _configs(ap: argparse.ArgumentParser, args: argparse.Namespace, task: tasks.
         if not clips:
             ap.error(f"invalid --clip {args.clip!r}: no clip spec; valid forms: {CLIP_FORMS}")
         all_clips += [c for c in clips if c not in all_clips]
+        parsed.append((optimizers, clips))
         for name in optimizers:  # counted before the grid is built: it may be astronomical
             n_lrs = len(lrs) if lrs is not None else len(task.lrs.get(name, DEFAULT_LRS[name]))
             planned += len(clips) * len(schedules) * n_lrs * seeds
@@ -246,8 +249,7 @@ def _configs(ap: argparse.ArgumentParser, args: argparse.Namespace, task: tasks.
         ap.error(f"refusing a sweep this size: {planned:,} runs is more than "
                  f"{LIMITS['runs']:,}. Give fewer seeds, learning rates or settings, or add "
                  "--insist to run it anyway")
-    for optimizers, clip_texts in grids:
-        clips = [canonical_clip(t.strip()) for t in clip_texts if t.strip()]
+    for optimizers, clips in parsed:
         configs += expand(task_spec, optimizers, clips, schedules, lrs, seeds, steps, batch,
                           every, task.lrs)
     unique = list({c.run_id: c for c in configs}.values())
@@ -292,7 +294,7 @@ def _compare_in(ap: argparse.ArgumentParser, args: argparse.Namespace, task: tas
     """The sweep, once ``out`` is this process's alone."""
     from .compare._report import write_report
     from .compare._run import write_json
-    from .compare._sweep import load_records, run_sweep
+    from .compare._sweep import load_records, run_sweep, scan_records
 
     meta.update({
         "task": task.info(),
@@ -307,14 +309,15 @@ def _compare_in(ap: argparse.ArgumentParser, args: argparse.Namespace, task: tas
           f"settings, {len(meta['grid']['schedules'])} schedules, {meta['grid']['seeds']} "
           f"seeds), {meta['grid']['steps']} steps each, {workers} workers -> {out}",
           file=sys.stderr)
-    _plan_sweep(ap, args, task, configs, out, workers)
+    scanned = None if args.fresh else scan_records(out, configs)
+    _plan_sweep(ap, args, task, configs, workers, scanned)
     try:
         write_json(out / "sweep.json", meta)
     except OSError as e:
         _cannot_write(ap, e, out, "nothing was trained and earlier results there are kept")
     try:
         result = run_sweep(configs, out, workers=workers, resume=not args.fresh,
-                           progress=not args.no_progress)
+                           progress=not args.no_progress, scanned=scanned)
     except OSError as e:
         saved = len(load_records(out, configs))
         _cannot_write(ap, e, out, f"the sweep stopped; {saved} of {len(configs)} finished runs "
@@ -353,35 +356,39 @@ def _named(rejected: Sequence[tuple[Path, str]], shown: int = 5) -> str:
     return text + (f"; and {len(rejected) - shown} more" if len(rejected) > shown else "")
 
 
+def _pace(ap: argparse.ArgumentParser, task: tasks.Task, optimizer: str, lr: float, clip: str,
+          batch_size: int) -> Pace:
+    """The measured pace of ``task``'s step, or exit 2 when the step fails outright (a batch
+    too large for memory, a model that does not build)."""
+    try:
+        return measure_pace(task, optimizer, lr, clip, batch_size)
+    except (RuntimeError, MemoryError, ValueError, TypeError) as e:
+        first = str(e).splitlines()[0] if str(e) else ""
+        ap.error(f"a training step of task {task.name} ({optimizer}, batch size {batch_size}) "
+                 f"fails here: {type(e).__name__}: {first}")
+
+
 def _plan_sweep(ap: argparse.ArgumentParser, args: argparse.Namespace, task: tasks.Task,
-                configs: list[RunConfig], out: Path, workers: int) -> None:
+                configs: list[RunConfig], workers: int,
+                scanned: tuple[dict[str, Any], Any] | None) -> None:
     """Say what the sweep will train and how long that takes at the pace measured here; exit
     2 when a step of the task fails outright, or when the sweep is past :data:`LIMITS` and
     the user did not ``--insist``."""
-    from .compare._plan import measure_pace
-    from .compare._sweep import scan_records
-
-    saved = set() if args.fresh else set(scan_records(out, configs)[0])
+    saved = set() if scanned is None else set(scanned[0])
     todo = [c for c in configs if c.run_id not in saved]
     first = configs[0]
-    try:
-        pace = measure_pace(task, first.optimizer, first.lr, first.clip, first.batch_size)
-    except (RuntimeError, MemoryError, ValueError, TypeError) as e:
-        ap.error(f"a training step of task {task.name} ({first.optimizer}, batch size "
-                 f"{first.batch_size}) fails here: {type(e).__name__}: "
-                 f"{str(e).splitlines()[0] if str(e) else ''}")
+    pace = _pace(ap, task, first.optimizer, first.lr, first.clip, first.batch_size)
     cores = min(workers, os.cpu_count() or 1, max(len(todo), 1))
     seconds = sum(pace.run_seconds(c.steps, c.eval_every) for c in todo) / cores
     print(f"plan: {len(todo)} runs to train ({len(saved)} already saved), about "
           f"{duration(seconds)} on {cores} core{'s' if cores > 1 else ''} at the pace measured "
           f"here ({pace.step * 1e3:.3g} ms a step, {pace.evaluation * 1e3:.3g} ms an "
           "evaluation)", file=sys.stderr)
-    too_many = len(configs) > LIMITS["runs"]
+    # (more than LIMITS["runs"] runs was refused before the grid was built)
     too_long = seconds > LIMITS["seconds"]
     too_wide = workers > 4 * (os.cpu_count() or 1)
-    if (too_many or too_long or too_wide) and not args.insist:
+    if (too_long or too_wide) and not args.insist:
         why = "; ".join(w for w, bad in (
-            (f"{len(configs):,} runs is more than {LIMITS['runs']:,}", too_many),
             (f"about {duration(seconds)} is more than {duration(LIMITS['seconds'])}", too_long),
             (f"--workers {workers} is more than 4 per core ({os.cpu_count()} cores)",
              too_wide)) if bad)
@@ -466,7 +473,7 @@ def _add_lr_find(sub: Any) -> None:
     p.add_argument("--end-lr", type=_positive_float, default=10.0)
     p.add_argument("--steps", type=_positive_int, default=100, help="sweep steps (100)")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--rule", default="minimum", choices=["minimum", "valley", "steepest"],
+    p.add_argument("--rule", default=RULES[0], choices=list(RULES),
                    help="which suggestion to give (default: minimum, a tenth of the LR at the "
                         "smoothed loss's minimum, which trained most often on the built-in "
                         "tasks; the README has the table); all three are in lr_finder.json")
@@ -482,7 +489,6 @@ def _lr_find(ap: argparse.ArgumentParser, args: argparse.Namespace) -> int:
     import torch
 
     from .compare._grid import make_optimizer
-    from .compare._plan import measure_pace
     from .lr_finder import find_lr
 
     task = _get_task(ap, args.task)
@@ -505,11 +511,7 @@ def _lr_find(ap: argparse.ArgumentParser, args: argparse.Namespace) -> int:
                  f"{args.end_lr:g}")
     out = _writable_dir(ap, args.out or Path("gradguard-runs")
                         / f"lr-find-{task.name}-{args.optimizer}", "--out")
-    try:
-        pace = measure_pace(task, args.optimizer, args.start_lr, clip, task.batch_size)
-    except (RuntimeError, MemoryError, ValueError, TypeError) as e:
-        ap.error(f"a training step of task {task.name} ({args.optimizer}) fails here: "
-                 f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}")
+    pace = _pace(ap, task, args.optimizer, args.start_lr, clip, task.batch_size)
     seconds = args.steps * pace.step
     print(f"plan: {args.steps} steps, about {duration(seconds)} at the pace measured here "
           f"({pace.step * 1e3:.3g} ms a step)", file=sys.stderr)
@@ -531,8 +533,7 @@ def _lr_find(ap: argparse.ArgumentParser, args: argparse.Namespace) -> int:
           + (f" at lr {result.lrs[result.diverged_at]:.3g})" if result.diverged_at is not None
              else ")"))
     if result.suggestion is not None:
-        others = ", ".join(f"{rule} {getattr(result, rule):.3g}"
-                           for rule in ("minimum", "valley", "steepest")
+        others = ", ".join(f"{rule} {getattr(result, rule):.3g}" for rule in RULES
                            if rule != result.rule and getattr(result, rule) is not None)
         print(f"suggested lr: {result.suggestion:.3g} ({result.rule} rule)"
               + (f"; the other rules: {others}" if others else ""))

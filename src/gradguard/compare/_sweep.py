@@ -55,10 +55,10 @@ def scan_records(out_dir: Path, configs: Sequence[RunConfig]
         rec = read_record(path)
         problem = ("not a complete JSON record of this version" if rec is None
                    else check_record(rec, cfg.as_dict()))
-        if problem is None and rec is not None:
+        if rec is not None and problem is None:
             found[cfg.run_id] = rec
         else:
-            rejected.append((path, problem or "unreadable"))
+            rejected.append((path, problem or ""))
     return found, rejected
 
 
@@ -124,19 +124,25 @@ class _Progress:
 
 def run_sweep(configs: Sequence[RunConfig], out_dir: Path, *, workers: int | None = None,
               resume: bool = True, progress: bool = True, threads_per_worker: int = 1,
-              on_record: Callable[[dict[str, Any]], None] | None = None) -> SweepResult:
+              on_record: Callable[[dict[str, Any]], None] | None = None,
+              scanned: tuple[dict[str, dict[str, Any]], list[tuple[Path, str]]] | None = None
+              ) -> SweepResult:
     """Train every configuration not already saved in ``out_dir/runs`` (all of them with
     ``resume=False``), ``workers`` at a time (default: one per core), each with
     ``threads_per_worker`` threads. Each finished run is written to its own file atomically as
     soon as it ends, so an interrupted sweep (Ctrl-C) keeps every finished run and the same
-    call resumes where it stopped."""
+    call resumes where it stopped. ``scanned``: :func:`scan_records` of ``out_dir`` already
+    done by the caller (who holds the folder's lock), not to be done again."""
     start = time.perf_counter()
     if workers is None:
         workers = max(1, min(os.cpu_count() or 1, 8))
     if workers < 1:
         raise ValueError(f"Invalid workers: {workers!r}; must be >= 1")
     out_dir.mkdir(parents=True, exist_ok=True)
-    saved, rejected = scan_records(out_dir, configs) if resume else ({}, [])
+    saved: dict[str, dict[str, Any]] = {}
+    rejected: list[tuple[Path, str]] = []
+    if resume:
+        saved, rejected = scanned if scanned is not None else scan_records(out_dir, configs)
     todo = [c for c in configs if c.run_id not in saved]
     done: dict[str, dict[str, Any]] = dict(saved)
     bar = _Progress(len(configs), len(saved), progress)
