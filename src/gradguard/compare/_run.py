@@ -11,15 +11,16 @@ from typing import Any
 
 import torch
 
-from .._files import write_atomic, write_files
+from .._files import write_atomic
 from ..clip import ClipPolicy
 from ..errors import NonFiniteGradientError
 from ..schedules import parse as parse_schedule
 from ..schedules._spec import _takes_metrics
 from ..tasks import Task, batches
 from ._grid import RunConfig, make_optimizer
+from ._records import derive
 
-__all__ = ["SCHEMA", "read_record", "train_one", "write_atomic", "write_files", "write_json"]
+__all__ = ["SCHEMA", "read_record", "train_one", "write_atomic", "write_json"]
 
 SCHEMA = 1
 
@@ -139,24 +140,17 @@ def train_one(task: Task, cfg: RunConfig) -> dict[str, Any]:
     final_metric = curves["metric"][-1] if curves["metric"] else None
     if status != "ok":
         final_metric = None
-    finite_metrics = [m for m in curves["metric"] if m is not None]
-    best = None
-    for m in finite_metrics:
-        if best is None or task.better(m, best):
-            best = m
-    return {
+    record = {
         "schema": SCHEMA,
         "id": cfg.run_id,
         "config": cfg.as_dict(),
         "status": status,
         "error": error,
-        "trained": status == "ok" and task.trained(final_metric),
         "final": {
             "train_loss": curves["train_loss"][-1] if curves["train_loss"] else None,
             "val_loss": curves["val_loss"][-1] if status == "ok" else None,
             "metric": final_metric,
         },
-        "best_metric": best,
         "curves": curves,
         "grad": {
             "norm": _nums(norms[:done].tolist()),
@@ -164,8 +158,9 @@ def train_one(task: Task, cfg: RunConfig) -> dict[str, Any]:
             "clipped": [int(v) for v in clipped[:done].tolist()],
             "skipped": [int(v) for v in skipped[:done].tolist()],
         },
-        "clipped_steps": int(clipped[:done].sum()),
-        "skipped_steps": int(skipped[:done].sum()),
         "steps_done": done,
         "seconds": round(time.perf_counter() - start, 3),
     }
+    # trained, best_metric, clipped_steps, skipped_steps: worked out as a report reading
+    # this record back works them out, in one place
+    return derive(record, {"higher_is_better": task.higher_is_better, "target": task.target})
