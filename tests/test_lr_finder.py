@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 from torch import nn
 
@@ -511,7 +511,8 @@ def _divergence_by_definition(losses: list[float], beta: float, k: float) -> int
                "trend": m9 / (1 - 0.9 ** (t + 1))}
         if t == 4:
             start = dict(now)
-        best["trend"] = min(best["trend"], now["trend"])
+        if t >= 14:  # the trend counts once it has 10 steps past step 5
+            best["trend"] = min(best["trend"], now["trend"])
         learned = bool(start) and best["trend"] <= 0.75 * start["trend"]
         for key in ("raw", "smoothed"):
             if now[key] > k * best[key] or (learned and now[key] > 1.1 * start[key]):
@@ -837,6 +838,7 @@ def test_digits_suggestion_is_competitive_with_a_grid_search() -> None:
 
 
 @settings(max_examples=60, deadline=None)
+@example(seed=967111, level=1.0, noise=0.125, beta=0.0)  # fired at step 10 before the fix
 @given(seed=st.integers(0, 2**32 - 1), level=st.floats(0.01, 100.0),
        noise=st.floats(0.0, 0.2), beta=st.sampled_from([0.0, 0.6, 0.9, 0.98]))
 def test_noise_on_a_flat_loss_is_never_divergence(seed: int, level: float, noise: float,

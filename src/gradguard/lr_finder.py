@@ -167,7 +167,8 @@ class _DivergenceMonitor:
         now = {"raw": raw, "smoothed": self.ema.update(raw), "trend": self.trend.update(raw)}
         if self.seen == MEDIAN_WINDOW:
             self.start = dict(now)
-        self.best["trend"] = min(self.best["trend"], now["trend"])
+        if self.seen >= MEDIAN_WINDOW + round(1 / (1 - TREND_BETA)):  # a trend, not a start
+            self.best["trend"] = min(self.best["trend"], now["trend"])
         learned = bool(self.start) and (
             self.best["trend"] <= self.start["trend"] - LEARNED * abs(self.start["trend"]))
         words = {"raw": "loss (median of the last 5 steps)", "smoothed": "smoothed loss"}
