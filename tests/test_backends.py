@@ -20,6 +20,7 @@ combinations are chosen to share compiled graphs between tests) on four small te
 
 from __future__ import annotations
 
+import dataclasses
 import inspect
 import math
 import random
@@ -36,9 +37,13 @@ from torch._dynamo.utils import counters as dynamo_counters
 
 import gradguard
 from gradguard import rules
-from gradguard.optim import _backends, _base, _foreach
-from gradguard.optim._backends import update_tensors
-from gradguard.optim._foreach import TensorList, update_foreach
+from gradguard.optim import backends
+from gradguard.optim.backends import compiled as _backends
+from gradguard.optim.backends import eager
+from gradguard.optim.backends import foreach as _foreach
+from gradguard.optim.backends._tensorlist import TensorList
+from gradguard.optim.backends.eager import update_tensors
+from gradguard.optim.backends.foreach import update_foreach
 from helpers import assert_tree_equal, count_host_reads, snapshot, wrap_counting
 from optim_table import TABLE, OptimizerEntry
 
@@ -141,8 +146,8 @@ def count_paths(monkeypatch: pytest.MonkeyPatch) -> Iterator[Counter[str]]:
             return counted
 
         m.setattr(_backends, "_compiled_update", compiled_update)
-        wrap_counting(m, counts, _base, "update_tensors", "eager")
-        wrap_counting(m, counts, _base, "update_foreach", "foreach")
+        wrap_counting(m, counts, eager, "update_tensors", "eager")
+        wrap_counting(m, counts, _foreach, "update_foreach", "foreach")
         for name in FUSED_OPS:
             wrap_counting(m, counts, torch, name)
         yield counts
@@ -283,7 +288,7 @@ def test_auto_compiles_only_large_groups(threshold: str | None, expected: str,
 def test_compile_min_numel_rejects_bad_values(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("GRADGUARD_COMPILE_MIN_NUMEL", "-5")
     with pytest.raises(ValueError, match="GRADGUARD_COMPILE_MIN_NUMEL: '-5'"):
-        _backends.compile_min_numel()
+        backends.compile_min_numel()
 
 
 def test_compiled_lars_keeps_matrices_apart_from_vectors(
@@ -476,7 +481,8 @@ def test_foreach_chunks_large_buckets(monkeypatch: pytest.MonkeyPatch) -> None:
             sizes.append(sum(t.numel() for t in param))
         return original(param, grad, state, **kw)
 
-    monkeypatch.setattr(gradguard.RMSprop, "_rule", staticmethod(counting_rule))
+    monkeypatch.setattr(gradguard.RMSprop, "rule",
+                        dataclasses.replace(gradguard.RMSprop.rule, update=counting_rule))
     shapes = ((12, 6), (12,), (3, 12), (3,), (2, 3), (30,), (5,))
     opt_a, _ = run_foreach_pair("RMSprop", ENTRIES["RMSprop"].main, "global_norm:1",
                                 monkeypatch, shapes=shapes, steps=6)
@@ -593,7 +599,7 @@ def test_tensorlist_unmapped_operations_fail_loudly() -> None:
         torch.atan2(x, x)
     with pytest.raises(TypeError, match=r"torch\.Tensor\.atan2"):
         torch.tensor(1.0).atan2(x)
-    with pytest.raises(AttributeError, match=r"'exp'.*_foreach\.py"):
+    with pytest.raises(AttributeError, match=r"'exp'.*_tensorlist\.py"):
         x.exp()
     with pytest.raises(TypeError, match="truth value"):
         bool(x > 1)
@@ -940,8 +946,8 @@ def test_compile_failure_warns_once_and_matches_eager(
         m.setattr(_backends, "_compiled_update", _broken_compiled_update)
         m.setattr(_backends, "_compile_failed", None)
         counts: Counter[str] = Counter()
-        wrap_counting(m, counts, _base, "update_tensors", "eager")
-        wrap_counting(m, counts, _base, "update_foreach", "foreach")
+        wrap_counting(m, counts, eager, "update_tensors", "eager")
+        wrap_counting(m, counts, _foreach, "update_foreach", "foreach")
         assert _backends.compile_available()
         params_a, params_b = make_params(), make_params()
         opt_a = entry.make(params_a, clip="global_norm:1", backend=backend, **entry.main)

@@ -80,7 +80,7 @@ from torch.testing._internal.common_optimizers import (
 
 import gradguard
 from helpers import assert_tree_equal, save_load
-from optim_table import ReferenceLAMB, ReferenceLARS, ReferenceLion
+from optim_table import TABLE as OPTIMIZERS
 
 CPU = "cpu"
 IMPL_FLAGS = ("foreach", "fused", "differentiable")
@@ -262,15 +262,13 @@ class Entry:
 
 
 _INFOS = {info.name: info for info in optim_db}
-TORCH_NAMES = ("SGD", "Adam", "AdamW", "NAdam", "Adamax", "RMSprop", "Adagrad", "Adadelta")
 OWN = frozenset({"complex", "tensor_lr", "differentiable"})
 
+# One entry per optimizer of the project's test table (tests/optim_table.py): torch's
+# OptimizerInfo where torch has the optimizer, else the float64 reference from the paper.
 TABLE: list[Entry] = [
-    *(Entry(name, getattr(torch.optim, name), _INFOS[name]) for name in TORCH_NAMES),
-    Entry("LARS", ReferenceLARS, own_flags=OWN),
-    Entry("LAMB", ReferenceLAMB, own_flags=OWN),
-    Entry("Lion", ReferenceLion, own_flags=OWN),
-]
+    Entry(e.name, e.torch_cls, _INFOS[e.name]) if e.torch_cls is not None
+    else Entry(e.name, e.reference, own_flags=OWN) for e in OPTIMIZERS]
 
 
 def _slug(text: str) -> str:

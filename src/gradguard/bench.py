@@ -41,28 +41,20 @@ import torch
 from torch import nn
 
 from . import optim
-from .optim._backends import BACKENDS
+from .optim import REGISTRY
+from .optim.backends import BACKENDS, native
 
 T = TypeVar("T")
 
-# name: (gradguard class, kwargs, torch factory or None, bytes per parameter of the clipped step)
-# bytes: fp32 reads + writes the update must do, plus 4 for reading the gradient for the norm.
+# name: (gradguard class, kwargs, bytes per parameter of the clipped step), from the registry:
+# bytes are the fp32 reads + writes the update must do, plus 4 for reading the gradient for
+# the norm.
 OPTIMIZERS: dict[str, tuple[str, dict[str, object], int]] = {
-    "sgd": ("SGD", {"lr": 0.01, "momentum": 0.9}, 20 + 4),
-    "adam": ("Adam", {"lr": 1e-3}, 28 + 4),
-    "adamw": ("AdamW", {"lr": 1e-3}, 28 + 4),
-    "nadam": ("NAdam", {"lr": 1e-3}, 28 + 4),
-    "adamax": ("Adamax", {"lr": 1e-3}, 28 + 4),
-    "rmsprop": ("RMSprop", {"lr": 1e-3}, 20 + 4),
-    "adagrad": ("Adagrad", {"lr": 1e-2}, 20 + 4),
-    "adadelta": ("Adadelta", {"lr": 1.0}, 28 + 4),
-    # LARS/LAMB need per-tensor norms of the weights (and LAMB of its update) before updating.
-    "lars": ("LARS", {"lr": 0.1}, 20 + 8 + 4),
-    "lamb": ("LAMB", {"lr": 1e-3}, 28 + 16 + 4),
-    "lion": ("Lion", {"lr": 1e-4}, 20 + 4),
-}
-TORCH_FUSED = {"SGD", "Adam", "AdamW", "Adagrad"}
-THIRD_PARTY = {"LARS": "LARS", "LAMB": "Lamb", "Lion": "Lion"}
+    name: (e.cls.__name__, dict(e.bench), e.step_bytes)
+    for name, e in REGISTRY.items() if e.bench is not None}
+# torch's fused kernels where it has them; pytorch_optimizer's class where torch has none
+TORCH_FUSED = {e.cls.__name__ for e in REGISTRY.values() if e.cls.rule.name in native.KERNELS}
+THIRD_PARTY = {e.cls.__name__: e.third_party for e in REGISTRY.values() if e.third_party}
 
 
 def transformer_shapes(n_params: float, d: int = 1024) -> list[tuple[int, ...]]:

@@ -12,58 +12,20 @@ from typing import Any
 import torch
 from torch.optim import Optimizer
 
-from .. import optim
 from ..clip import ClipPolicy
 from ..clip import parse as parse_clip
+from ..optim import REGISTRY, log_grid
 from ..schedules import parse as parse_schedule
 
 __all__ = ["DEFAULT_LRS", "OPTIMIZERS", "RunConfig", "expand", "log_grid", "make_optimizer",
            "parse_lrs", "parse_names"]
 
-# name -> (class, keyword arguments, what it is)
+# name -> (class, keyword arguments, what it is) and name -> the LRs a sweep tries by default:
+# views of the optimizer registry (gradguard.optim.REGISTRY), where each entry is declared
+# beside its class.
 OPTIMIZERS: dict[str, tuple[type[Optimizer], dict[str, Any], str]] = {
-    "sgd": (optim.SGD, {}, "plain SGD"),
-    "momentum": (optim.SGD, {"momentum": 0.9}, "SGD with momentum 0.9"),
-    "nesterov": (optim.SGD, {"momentum": 0.9, "nesterov": True}, "SGD, Nesterov momentum 0.9"),
-    "adam": (optim.Adam, {}, "Adam"),
-    "amsgrad": (optim.Adam, {"amsgrad": True}, "Adam with AMSGrad"),
-    "adamw": (optim.AdamW, {}, "AdamW, weight decay 0.01"),
-    "nadam": (optim.NAdam, {}, "NAdam"),
-    "adamax": (optim.Adamax, {}, "Adamax"),
-    "rmsprop": (optim.RMSprop, {}, "RMSprop"),
-    "adagrad": (optim.Adagrad, {}, "Adagrad"),
-    "adadelta": (optim.Adadelta, {}, "Adadelta"),
-    "lars": (optim.LARS, {}, "LARS (momentum 0.9, trust coefficient 1e-3)"),
-    "lamb": (optim.LAMB, {}, "LAMB"),
-    "lion": (optim.Lion, {}, "Lion"),
-}
-
-
-def log_grid(lo: float, hi: float, n: int) -> tuple[float, ...]:
-    """``n`` log-spaced values from ``lo`` to ``hi``, rounded to 3 significant digits."""
-    if n == 1:
-        return (lo,)
-    step = (math.log10(hi) - math.log10(lo)) / (n - 1)
-    return tuple(float(f"{10 ** (math.log10(lo) + i * step):.3g}") for i in range(n))
-
-
-# Where each optimizer usually trains: six half-decades (or more) around torch's defaults.
-DEFAULT_LRS: dict[str, tuple[float, ...]] = {
-    "sgd": log_grid(1e-3, 1.0, 7),
-    "momentum": log_grid(1e-4, 1e-1, 7),
-    "nesterov": log_grid(1e-4, 1e-1, 7),
-    "adam": log_grid(1e-4, 1e-1, 7),
-    "amsgrad": log_grid(1e-4, 1e-1, 7),
-    "adamw": log_grid(1e-4, 1e-1, 7),
-    "nadam": log_grid(1e-4, 1e-1, 7),
-    "adamax": log_grid(1e-4, 1e-1, 7),
-    "rmsprop": log_grid(1e-5, 1e-2, 7),
-    "adagrad": log_grid(1e-3, 1.0, 7),
-    "adadelta": log_grid(1e-2, 10.0, 7),
-    "lars": log_grid(1e-2, 10.0, 7),
-    "lamb": log_grid(1e-4, 1e-1, 7),
-    "lion": log_grid(1e-5, 1e-2, 7),
-}
+    name: (e.cls, dict(e.kwargs), e.description) for name, e in REGISTRY.items()}
+DEFAULT_LRS: dict[str, tuple[float, ...]] = {name: e.lrs for name, e in REGISTRY.items()}
 
 
 def parse_names(text: str, valid: Iterable[str], what: str) -> list[str]:

@@ -13,7 +13,7 @@ from torch import Tensor, nn
 from torch.optim import Optimizer
 
 from ..clip import ClipPolicy
-from ..optim._core import param_names
+from ..optim._guard import param_names
 from ._detectors import Detector, Finding, Record, default_detectors
 from ._writers import Writer, summarize
 

@@ -1,8 +1,6 @@
 """Optimizers with built-in clipping and a non-finite guard (drop-ins for torch.optim)."""
 
-from ._base import GuardedOptimizer
-from ._core import StepRecord
-from ._guard import Guarded, guard
+from ._base import GuardedOptimizer, GuardOptions
 from ._optimizers import (
     LAMB,
     LARS,
@@ -16,16 +14,22 @@ from ._optimizers import (
     NAdam,
     RMSprop,
 )
+from ._record import StepRecord
+from ._registry import REGISTRY, Entry, log_grid
+from ._wrap import Guarded, guard
 
 __all__ = [
     "LAMB",
     "LARS",
+    "REGISTRY",
     "SGD",
     "Adadelta",
     "Adagrad",
     "Adam",
     "AdamW",
     "Adamax",
+    "Entry",
+    "GuardOptions",
     "Guarded",
     "GuardedOptimizer",
     "Lion",
@@ -33,4 +37,5 @@ __all__ = [
     "RMSprop",
     "StepRecord",
     "guard",
+    "log_grid",
 ]

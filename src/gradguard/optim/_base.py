@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable, Iterable
-from typing import Any, ClassVar
+from typing import Any, ClassVar, TypedDict
 
 import torch
 from torch import Tensor
@@ -21,29 +22,13 @@ except ImportError:  # pragma: no cover - older torch
 from .._validation import check_choice
 from ..clip import ClipPolicy, GradHooks, resolve
 from ..clip._dist import is_dtensor, local
-from ._backends import (
-    BACKENDS,
-    compile_available,
-    compile_min_numel,
-    default_backend,
-    run_compiled,
-    update_tensors,
-)
-from ._core import (
-    GuardCore,
-    GuardReadouts,
-    attach_extras,
-    detach_extras,
-    export_groups,
-    restore_group_clips,
-)
-from ._foreach import clipped_grads, update_foreach
-
-Rule = Callable[..., tuple[Tensor, dict[str, Tensor]]]
+from ..rules import Rule
+from . import backends
+from ._core import GuardCore, GuardReadouts
+from ._extras import attach_extras, detach_extras, export_groups, restore_group_clips
 
 # Group keys that are not hyperparameters of the update rule (lr is passed separately).
 _NOT_HPARAMS = frozenset({"params", "param_names", "clip", "initial_lr", "lr"})
-_NATIVE_DTYPES = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
 # 0-d state entries (steps, NAdam's momentum product): kept on the parameter's device.
 _SCALAR_KEYS = ("step", "mu_product")
 
@@ -74,17 +59,40 @@ def _as_real(params: list[Tensor], grads: list[Tensor], states: list[dict[str, T
             [{k: real(v) for k, v in st.items()} for st in states], out_scales)
 
 
+class GuardOptions(TypedDict, total=False):
+    """The options every gradguard optimizer takes after torch's arguments, declared once (see
+    :mod:`gradguard.optim._optimizers` for what each does): ``clip`` (a policy, a spec string or
+    None), ``nonfinite`` (``"skip"``, ``"raise"`` or ``"off"``; default ``"skip"``),
+    ``max_consecutive_skips`` (default 10), ``backend`` (default ``"auto"`` or
+    ``GRADGUARD_BACKEND``) and ``measure_in_backward`` (default True)."""
+
+    clip: ClipPolicy | str | None
+    nonfinite: str
+    max_consecutive_skips: int
+    backend: str | None
+    measure_in_backward: bool
+
+
+# The options as keyword-only parameters with their defaults, for each class's signature.
+_OPTION_PARAMETERS = [
+    inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=default, annotation=hint)
+    for name, default, hint in (("clip", None, "ClipPolicy | str | None"),
+                                ("nonfinite", "skip", "str"),
+                                ("max_consecutive_skips", 10, "int"),
+                                ("backend", None, "str | None"),
+                                ("measure_in_backward", True, "bool"))]
+
+
 class GuardedOptimizer(GuardReadouts, Optimizer):
     """A ``torch.optim.Optimizer`` whose step clips and guards.
 
-    Subclasses name their update rule (a function of :mod:`gradguard.rules`) and how to create
-    a parameter's state; everything else — param groups, state_dict, clipping, the non-finite
-    guard, ``last_step`` and the counters — lives here.
+    Subclasses name their update rule (a :class:`gradguard.rules.Rule`: the state's
+    initialisation beside the update), check their arguments and pass their hyperparameters
+    with the guard options (:class:`GuardOptions`); everything else — param groups,
+    state_dict, clipping, the non-finite guard, ``last_step`` and the counters — lives here.
     """
 
-    _rule: ClassVar[Rule]
-    # The state entry that takes the first gradient as is (SGD's momentum buffer), if any.
-    _fresh_key: ClassVar[str | None] = None
+    rule: ClassVar[Rule]
     # torch's error for a sparse gradient (None: the optimizer has a sparse update).
     _sparse_error: ClassVar[str | None] = "{name} does not support sparse gradients"
     # GradScaler hands us its scale and found-inf flag instead of unscaling the gradients.
@@ -92,14 +100,22 @@ class GuardedOptimizer(GuardReadouts, Optimizer):
     # Set where the rule needs norms of whole tensors, which a shard does not have (the reason).
     _whole_tensors: ClassVar[str | None] = None
 
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        # Each class's signature shows the guard options as keyword-only parameters (they are
+        # declared once, in GuardOptions, and taken as **options).
+        own = inspect.signature(cls.__init__).parameters.values()
+        params = [p for p in own if p.kind != inspect.Parameter.VAR_KEYWORD][1:]
+        cls.__signature__ = inspect.Signature(params + _OPTION_PARAMETERS)  # type: ignore[attr-defined]
+
     def __init__(
         self,
         params: Iterable[Any],
         defaults: dict[str, Any],
         *,
-        clip: ClipPolicy | str | None,
-        nonfinite: str,
-        max_consecutive_skips: int,
+        clip: ClipPolicy | str | None = None,
+        nonfinite: str = "skip",
+        max_consecutive_skips: int = 10,
         backend: str | None = None,
         measure_in_backward: bool = True,
     ) -> None:
@@ -108,8 +124,8 @@ class GuardedOptimizer(GuardReadouts, Optimizer):
                 raise RuntimeError("`fused` does not support `differentiable`")
             if defaults.get("foreach"):
                 raise RuntimeError("`fused` and `foreach` cannot be `True` together.")
-        backend = default_backend() if backend is None else backend
-        check_choice("backend", backend, BACKENDS)
+        backend = backends.default_backend() if backend is None else backend
+        check_choice("backend", backend, backends.BACKENDS)
         self.backend = backend
         self._core = GuardCore(clip, nonfinite, max_consecutive_skips)
         self._hooks: GradHooks | None = None
@@ -184,31 +200,20 @@ class GuardedOptimizer(GuardReadouts, Optimizer):
                 value = st.get(key)
                 if value is not None and not isinstance(value, Tensor):
                     st[key] = torch.tensor(float(value), dtype=torch.float32, device=p.device)
-            key = type(self)._fresh_key
+            key = type(self).rule.fresh_key
             if key is not None and key in st and st[key] is None:
                 st[key] = torch.zeros_like(p, memory_format=torch.preserve_format)
                 self.__dict__.setdefault("_fresh", {})[p] = torch.ones(
                     (), dtype=torch.bool, device=p.device)
 
     # -- state ------------------------------------------------------------------------------
-    def _init_state(self, p: Tensor, group: dict[str, Any]) -> dict[str, Tensor]:
-        """A parameter's state before its first step (torch.optim's keys and dtypes). Pure: it
-        creates tensors like ``p`` (also on the meta device, to describe the expected state)."""
-        raise TypeError(f"{type(self).__name__} must define _init_state")
-
-    @staticmethod
-    def _step_tensor(p: Tensor) -> Tensor:
-        # On the parameter's device (as torch does with capturable=True), so counting a step
-        # never needs the host.
-        return torch.zeros((), dtype=torch.float32, device=p.device)
-
     def _state_for(self, p: Tensor, group: dict[str, Any]) -> dict[str, Tensor]:
         if p not in self.state or not self.state[p]:
-            init = self._init_state(p, group)
+            init = self.rule.init(p, group)
             if not init:  # stateless (SGD without momentum): torch keeps no entry either
                 return init
             self.state[p] = init
-            if self._fresh_key in init:
+            if self.rule.fresh_key in init:
                 self._fresh[p] = torch.ones((), dtype=torch.bool, device=p.device)
         state = self.state[p]
         for key in _SCALAR_KEYS:
@@ -298,103 +303,22 @@ class GuardedOptimizer(GuardReadouts, Optimizer):
                     _device_dtype_check_for_fused(p)
         self._need_device_dtype_check_for_fused = False
 
-    def _path(self, group: dict[str, Any]) -> tuple[str, bool]:
-        """The backend for a group and whether a native fused kernel may serve it: torch's
-        flags where the group sets them (``differentiable``: the reference; ``fused=True``:
-        the native kernel; ``foreach=True``: multi-tensor; ``foreach=False``: the per-tensor
-        reference, torch's for-loop; ``fused=False``: no native kernel), else ``backend``."""
-        if group.get("differentiable") or torch.is_grad_enabled():
-            return "eager", False
-        fused, foreach = group.get("fused"), group.get("foreach")
-        if fused:
-            return "native", True
-        if foreach is not None:
-            return ("foreach" if foreach else "eager"), False
-        if fused is False:
-            return ("auto" if self.backend == "native" else self.backend), False
-        return self.backend, True
-
     def _update_group(self, group: dict[str, Any], params: list[Tensor], grads: list[Tensor],
                       states: list[dict[str, Tensor]], scales: list[Tensor | None],
                       clamp: float | None, fresh: list[Tensor | None],
                       skip: Tensor | None) -> None:
-        """Run the update rule over one param group on the chosen backend (see :meth:`_path`):
-        ``eager`` the per-tensor reference, ``foreach`` the multi-tensor eager path; ``auto``
-        and ``native`` a native fused kernel where one is exact, else (like ``compiled``) the
-        compiled update, else (no compiler) ``foreach``; ``auto`` also takes ``foreach`` for
-        groups smaller than :func:`compile_min_numel` elements. A clipped step never hands
-        its scale to a fused kernel as ``grad_scale`` (the kernel would write the scaled
-        gradient back into ``.grad``): where a fused kernel exists and ``native`` was asked
-        for, or ``foreach`` would run, the kernel runs on gradients clipped into temporaries.
-        No path writes ``.grad``."""
+        """Run the update rule over one param group on the path :func:`backends.select`
+        chooses. No path writes ``.grad``."""
         hparams = {k: _scalar(v) for k, v in group.items() if k not in _NOT_HPARAMS}
-        lr = _scalar(group["lr"])
-        rule = type(self)._rule
-        backend, native_ok = self._path(group)
-        if backend == "eager":
-            update_tensors(rule, params, grads, states, scales, clamp, fresh, skip, lr, hparams)
-            return
-        how = (self._native_plan(group, params, grads, states, scales, clamp)
-               if native_ok and backend in ("auto", "native") else "none")
-        if how == "direct":
-            self._native_update(group, params, grads, states, skip)
-            return
-        small = backend == "auto" and sum(p.numel() for p in params) < compile_min_numel()
-        if how == "prescaled" and (backend == "native" or small or not compile_available()):
-            # Where the multi-tensor path would run: the fused kernel on gradients clipped into
-            # temporaries costs one extra pass; the rule's multi-tensor ops, many. (Large
-            # groups compile instead: full-size temporaries each step cost more than the
-            # compiled kernel's slower bytes, 30-48 ms against 18-23 ms for AdamW at 25M.)
-            self._native_update(group, params, clipped_grads(grads, scales, clamp), states,
-                                skip)
-            return
-        if backend != "foreach" and not small and run_compiled(
-                rule, params, grads, states, scales, clamp, fresh, skip, lr, hparams):
-            return
-        update_foreach(rule, params, grads, states, scales, clamp, fresh, skip, lr, hparams)
+        choice = backends.select(self.backend, self.rule, group, params, grads, states, scales,
+                                 clamp)
+        backends.run(choice, self.rule, group, params, grads, states, scales, clamp, fresh,
+                     skip, _scalar(group["lr"]), hparams)
 
     def _sparse_update(self, group: dict[str, Any], p: Tensor, g: Tensor,
                        state: dict[str, Tensor], scale: Tensor | None, clamp: float | None,
                        skip: Tensor | None) -> None:
         raise RuntimeError(f"{type(self).__name__} does not support sparse gradients")
-
-    # -- torch's native fused kernels -------------------------------------------------------
-    def _native_supported(self, group: dict[str, Any]) -> bool:
-        """Whether torch has a fused kernel that is exact for this group's settings."""
-        return False
-
-    def _native_plan(self, group: dict[str, Any], params: list[Tensor], grads: list[Tensor],
-                     states: list[dict[str, Tensor]], scales: list[Tensor | None],
-                     clamp: float | None) -> str:
-        """How a native fused kernel can take this step exactly: ``"direct"`` on the gradients
-        as they are (no clip scale, no clamp); ``"prescaled"`` on gradients clipped into
-        temporaries first (a clip or GradScaler's scale: handed to the kernel as its
-        ``grad_scale``, it would come back written into ``.grad``, and in float32 even for
-        float64); ``"none"`` where it cannot (no kernel for this rule or these settings, mixed
-        devices or dtypes, or any parameter, gradient or state tensor that is not contiguous:
-        torch's CPU kernels pair the elements of strided tensors wrongly)."""
-        no = "none"
-        if not self._native_supported(group):
-            return no
-        p0 = params[0]
-        if p0.device.type not in ("cpu", "cuda") or p0.dtype not in _NATIVE_DTYPES:
-            return no
-        if any(p.device != p0.device or p.dtype != p0.dtype for p in params):
-            return no
-        if any(g.dtype != p0.dtype or g.layout != torch.strided for g in grads):
-            return no
-        tensors = [*params, *grads, *(v for st in states for v in st.values() if v.dim() > 0)]
-        if not all(t.is_contiguous() for t in tensors):
-            return no
-        if clamp is None and all(s is None for s in scales):
-            return "direct"
-        if any(s is None for s in scales) and any(s is not None for s in scales):
-            return no
-        return "prescaled"
-
-    def _native_update(self, group: dict[str, Any], params: list[Tensor], grads: list[Tensor],
-                       states: list[dict[str, Tensor]], skip: Tensor | None) -> None:
-        raise TypeError(f"{type(self).__name__} has no native fused kernel")
 
     # -- checkpoints ------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
@@ -449,7 +373,7 @@ class GuardedOptimizer(GuardReadouts, Optimizer):
             raise ValueError(f"Invalid state_dict: the state of {where} is a "
                              f"{type(st).__name__}, expected a dict")
         meta = torch.empty(p.shape, dtype=p.dtype, device="meta")
-        expected = self._init_state(meta, group)
+        expected = self.rule.init(meta, group)
         for key, like in expected.items():
             if key not in st:
                 raise ValueError(f"Invalid state_dict: the state of {where} has no {key!r}; "
@@ -463,7 +387,7 @@ class GuardedOptimizer(GuardReadouts, Optimizer):
                     raise ValueError(f"Invalid state_dict: {where} {key!r} must be a number or a "
                                      f"one-element tensor, found {_describe(value)}")
                 continue
-            if value is None and key == type(self)._fresh_key:
+            if value is None and key == self.rule.fresh_key:
                 continue  # torch's SGD before the parameter's first step
             if not isinstance(value, Tensor):
                 raise ValueError(f"Invalid state_dict: {where} {key!r} must be a tensor of shape "

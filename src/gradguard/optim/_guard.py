@@ -1,190 +1,114 @@
-"""``gradguard.guard``: gradguard's clipping and non-finite guard for any torch optimizer."""
+"""The guard stage: whether a step is skipped (a non-finite gradient norm, GradScaler's
+found-inf, or a step that can change nothing), the counters, and the error after too many bad
+steps in a row — read from a host mirror of the device counter that never blocks a step.
+
+(The :func:`gradguard.guard` wrapper around other optimizers is :mod:`._wrap`.)
+"""
 
 from __future__ import annotations
 
-from collections import OrderedDict
-from collections.abc import Callable
 from typing import Any
 
 import torch
 from torch import Tensor
-from torch.optim import Optimizer
 
-from ..clip import ClipPolicy, resolve
-from ..clip._dist import is_dtensor, local
-from ._base import GuardedOptimizer
-from ._core import (
-    GuardCore,
-    GuardReadouts,
-    StepPlan,
-    attach_extras,
-    detach_extras,
-    export_groups,
-    restore_group_clips,
-)
+from .._validation import check_choice
+from ..clip import GradStats
+from ..errors import NonFiniteGradientError
+
+NONFINITE_MODES = ("skip", "raise", "off")
 
 
-class Guarded(GuardReadouts, Optimizer):
-    """A torch optimizer wrapped with a clip policy and the non-finite guard.
+def check_options(nonfinite: str, max_consecutive_skips: int) -> None:
+    """The guard's arguments, checked where they enter."""
+    check_choice("nonfinite", nonfinite, NONFINITE_MODES)
+    if (isinstance(max_consecutive_skips, bool) or not isinstance(max_consecutive_skips, int)
+            or max_consecutive_skips < 1):
+        raise ValueError(f"Invalid max_consecutive_skips: {max_consecutive_skips!r}; must be "
+                         "an integer >= 1")
 
-    Made by :func:`guard`. It is an ``Optimizer`` itself: ``param_groups`` and ``state`` are the
-    wrapped optimizer's, so LR schedulers and checkpoints work on it as on the original.
-    """
 
-    # GradScaler hands over its scale and found-inf flag; the step folds them into the clip.
-    _step_supports_amp_scaling = True
+def skip_of(grad_norm: Tensor, nonfinite_mode: str, param_groups: list[dict[str, Any]],
+            grad_scale: Tensor | None, found_inf: Tensor | None
+            ) -> tuple[Tensor | None, Tensor | None, Tensor | None]:
+    """``(skip, nonfinite, blame)`` for a step (see :class:`~gradguard.optim._record.StepPlan`).
 
-    def __init__(self, optimizer: Optimizer, clip: ClipPolicy | str | None, nonfinite: str,
-                 max_consecutive_skips: int) -> None:
-        # Deliberately not calling Optimizer.__init__: the parameters belong to `optimizer`.
-        self.optimizer = optimizer
-        self._core = GuardCore(clip, nonfinite, max_consecutive_skips)
-        self.defaults = optimizer.defaults
-        self._optimizer_step_pre_hooks = OrderedDict()
-        self._optimizer_step_post_hooks = OrderedDict()
-        self._optimizer_state_dict_pre_hooks = OrderedDict()
-        self._optimizer_state_dict_post_hooks = OrderedDict()
-        self._optimizer_load_state_dict_pre_hooks = OrderedDict()
-        self._optimizer_load_state_dict_post_hooks = OrderedDict()
-        self._patch_step_function()
-        for group in optimizer.param_groups:
-            if "clip" in group:
-                group["clip"] = resolve(group["clip"], "param group clip")
-        self._hooks = self._core.make_hooks(optimizer.param_groups)
-
-    @property
-    def param_groups(self) -> list[dict[str, Any]]:
-        return self.optimizer.param_groups
-
-    @param_groups.setter
-    def param_groups(self, value: list[dict[str, Any]]) -> None:
-        self.optimizer.param_groups = value
-
-    @property
-    def state(self) -> Any:
-        return self.optimizer.state
-
-    @state.setter
-    def state(self, value: Any) -> None:
-        self.optimizer.state = value
-
-    def __repr__(self) -> str:
-        return f"guard({self.optimizer!r}, clip={self.clip!r}, nonfinite={self._core.nonfinite!r})"
-
-    def add_param_group(self, param_group: dict[str, Any]) -> None:
-        if "clip" in param_group:
-            param_group["clip"] = resolve(param_group["clip"], "param group clip")
-        self.optimizer.add_param_group(param_group)
-        self._hooks.remove()
-        self._hooks = self._core.make_hooks(self.param_groups)
-
-    def zero_grad(self, set_to_none: bool = True) -> None:
-        self.optimizer.zero_grad(set_to_none=set_to_none)
-
-    def _fold_into_amp_kernel(self, plan: StepPlan) -> Tensor | None:
-        """The one scale to hand a fused torch kernel as ``grad_scale``, when that is exact:
-        the optimizer takes AMP arguments, every gradient shares one 0-d scale, no clamp, one
-        device. None otherwise."""
-        if not getattr(self.optimizer, "_step_supports_amp_scaling", False):
-            return None
-        if any(c is not None for c in plan.clamps):
-            return None
-        if len({g.device for g in plan.grads}) != 1 or any(is_dtensor(g) for g in plan.grads):
-            return None
-        scales = {id(s) for s in plan.scales if s is not None}
-        if len(scales) > 1 or (scales and None in plan.scales):
-            return None
-        shared = next((s for s in plan.scales if s is not None), None)
-        if shared is not None and (shared.dim() != 0
-                                   or any(g.dtype == torch.float64 for g in plan.grads)):
-            return None  # (torch's kernels take grad_scale in float32: float64 scales in place)
-        device = plan.grads[0].device
-        if shared is None:
-            return torch.ones((), dtype=torch.float32, device=device)
-        return shared.to(torch.float32)
-
-    @torch.no_grad()
-    def step(self, closure: Callable[[], Any] | None = None) -> Any:
-        """Clip, then step the wrapped optimizer unless the gradients are not finite.
-
-        For torch's fused optimizers (``fused=True``) the clip scale and the skip are handed
-        to the fused kernel (as GradScaler does), so there is no extra pass and no host read.
-        Otherwise the gradients are scaled in place, and deciding to skip reads one flag.
-        """
-        loss = None
-        if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
-        # Set by torch.amp.GradScaler.step (we declare _step_supports_amp_scaling).
-        plan = self._core.plan(self.param_groups, self._hooks,
-                               getattr(self, "grad_scale", None), getattr(self, "found_inf", None))
-        if plan is None:
-            self.optimizer.step()
-            return loss
-        scale = self._fold_into_amp_kernel(plan)
-        if scale is not None:
-            found_inf = (plan.skip if plan.skip is not None
-                         else torch.zeros((), dtype=torch.bool, device=scale.device))
-            opt: Any = self.optimizer
-            opt.grad_scale = 1.0 / scale
-            opt.found_inf = found_inf.to(torch.float32)
-            try:
-                self.optimizer.step()
-            finally:
-                del opt.grad_scale, opt.found_inf
-            # The fused kernel wrote grad / grad_scale back without a version bump.
-            self._hooks.forget(plan.params)
+    GradScaler's found-inf, where given, is the skip: it has checked every entry, and every
+    skipped step must reach it so that its scale backs off. Its steps count towards the error
+    only while its scale is at most 1 (above, it recovers by itself; after ``unscale_`` the
+    scale is unknown here: never)."""
+    nonfinite = None if nonfinite_mode == "off" else ~torch.isfinite(grad_norm)
+    blame = nonfinite
+    if found_inf is not None:
+        nonfinite = found_inf.to(device=grad_norm.device, dtype=torch.bool)
+        if grad_scale is None:
+            blame = torch.zeros_like(nonfinite)
         else:
-            for k, g in enumerate(plan.grads):
-                part = local(g)  # a sharded gradient: its local shard, with its local scales
-                s = plan.scales[k]
-                if s is not None:
-                    part.mul_(s.to(part.dtype))
-                c = plan.clamps[k]
-                if c is not None:
-                    part.clamp_(-c, c)
-            # A third-party optimizer cannot skip on a device flag: one host read per step.
-            # (A step that can change nothing still runs: it creates the optimizer's state.)
-            if plan.nonfinite is None or not bool(plan.nonfinite):
-                self.optimizer.step()
-        self._core.finish(plan, self.param_groups)
-        return loss
-
-    def state_dict(self) -> dict[str, Any]:
-        sd = self.optimizer.state_dict()
-        export_groups(sd["param_groups"])
-        attach_extras(sd, self._core.state_dict(self.param_groups))
-        return sd
-
-    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        state_dict, extra = detach_extras(state_dict)
-        before = [("clip" in g, g.get("clip")) for g in self.param_groups]
-        self.optimizer.load_state_dict(state_dict)
-        restore_group_clips(self.param_groups, before)
-        self._core.load_state_dict(extra, self.param_groups)
+            blame = nonfinite & (grad_scale.to(grad_norm.device) <= 1)
+    skip = nonfinite
+    if all(isinstance(g.get("lr"), float | int) and g["lr"] == 0 for g in param_groups):
+        # A step that can change nothing (lr 0, zero gradients: what torch's distributed
+        # checkpoint runs to create optimizer state) enters no clip history.
+        idle = grad_norm == 0
+        skip = idle if skip is None else skip | idle
+    return skip, nonfinite, blame
 
 
-def guard(
-    optimizer: Optimizer,
-    clip: ClipPolicy | str | None = None,
-    nonfinite: str = "skip",
-    max_consecutive_skips: int = 10,
-) -> Guarded:
-    """Give any ``torch.optim.Optimizer`` gradguard's clipping and non-finite guard.
+class HostMirror:
+    """A host copy of a small device counter, refreshed without waiting for the device.
 
-    >>> w = torch.nn.Parameter(torch.tensor([1.0, 2.0]))
-    >>> opt = guard(torch.optim.SGD([w], lr=0.1), clip="global_norm:1")
-    >>> w.grad = torch.tensor([30.0, 40.0])
-    >>> opt.step(); w.detach()
-    tensor([0.9400, 1.9200])
-    >>> w.grad = torch.tensor([float("inf"), 0.0])
-    >>> opt.step(); w.detach(), opt.skipped_steps
-    (tensor([0.9400, 1.9200]), tensor(1))
+    On CUDA the copy goes to pinned memory with ``non_blocking=True`` and is read only once its
+    event has completed; on the CPU the copy is complete when it returns. Either way, reading it
+    never blocks a step.
     """
-    if isinstance(optimizer, GuardedOptimizer | Guarded):
-        raise ValueError(f"Invalid optimizer: {type(optimizer).__name__} is already guarded; "
-                         "pass clip= and nonfinite= to it directly")
-    if not isinstance(optimizer, Optimizer):
-        raise TypeError(f"Invalid optimizer: expected a torch.optim.Optimizer, got "
-                        f"{type(optimizer).__name__}")
-    return Guarded(optimizer, clip, nonfinite, max_consecutive_skips)
+
+    def __init__(self, device: torch.device) -> None:
+        self.device = device
+        self.host = torch.zeros((), dtype=torch.int64, pin_memory=device.type == "cuda")
+        self.event: Any = None
+        self.fresh = False
+
+    def push(self, value: Tensor) -> None:
+        self.host.copy_(value.detach(), non_blocking=True)
+        if self.device.type == "cuda":
+            self.event = torch.cuda.Event()
+            self.event.record()
+        self.fresh = True
+
+    def peek(self) -> int | None:
+        """The last pushed value if its copy has completed, else None."""
+        if not self.fresh or (self.event is not None and not self.event.query()):
+            return None
+        self.fresh = False
+        return int(self.host.numpy())
+
+
+def counted(counters: tuple[Tensor, Tensor, Tensor], clipped: Tensor, skipped: Tensor,
+            blame: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """``(clipped_steps, skipped_steps, consecutive_skips)`` after a step. A step GradScaler is
+    recovering from (skipped, not blamed) neither adds to the run of bad steps nor resets it."""
+    clipped_steps, skipped_steps, consecutive = counters
+    return (clipped_steps + clipped.to(torch.int64), skipped_steps + skipped.to(torch.int64),
+            torch.where(blame, consecutive + 1, torch.where(skipped, consecutive, 0)))
+
+
+def param_names(param_groups: list[dict[str, Any]]) -> dict[int, str]:
+    """Names by ``id(param)``: the names given with ``named_parameters()``, else positions."""
+    names: dict[int, str] = {}
+    for gi, group in enumerate(param_groups):
+        given = group.get("param_names")
+        for pi, p in enumerate(group["params"]):
+            if given is not None and pi < len(given):
+                names[id(p)] = str(given[pi])
+            else:
+                names[id(p)] = f"param_groups[{gi}]['params'][{pi}] (shape {tuple(p.shape)})"
+    return names
+
+
+def error(params: list[Tensor], stats: GradStats, param_groups: list[dict[str, Any]],
+          count: int, reason: str) -> NonFiniteGradientError:
+    """The error naming the parameters whose gradients are not finite."""
+    names = param_names(param_groups)
+    bad = torch.stack([~torch.isfinite(n) for n in stats.norms()]).cpu().tolist()
+    return NonFiniteGradientError(
+        [names[id(p)] for p, b in zip(params, bad, strict=True) if b], count, reason)

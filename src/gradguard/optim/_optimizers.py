@@ -33,15 +33,11 @@ between ``torch.optim.X`` and ``gradguard.X`` both ways. Every optimizer also ta
 from __future__ import annotations
 
 from collections.abc import Iterable
-from typing import Any
+from typing import Any, Unpack
 
 import torch
 from torch import Tensor
-from torch.optim import adagrad as torch_adagrad
-from torch.optim import adam as torch_adam
-from torch.optim import sgd as torch_sgd
 
-from .. import rules
 from .._validation import (
     check_betas,
     check_lr,
@@ -49,26 +45,29 @@ from .._validation import (
     check_tensor_hparams,
     check_unit_interval,
 )
-from ..clip import ClipPolicy
-from ._backends import update_tensors
-from ._base import _NOT_HPARAMS, GuardedOptimizer, _scalar
+from ..rules import RULES
+from ._base import _NOT_HPARAMS, GuardedOptimizer, GuardOptions, _scalar
+from ._registry import log_grid, register, variant
 from ._sparse import adagrad_sparse, sgd_sparse
+from .backends import eager
 
 __all__ = ["LAMB", "LARS", "SGD", "Adadelta", "Adagrad", "Adam", "AdamW", "Adamax", "Lion",
            "NAdam", "RMSprop"]
 
 Params = Iterable[Any]
-ClipArg = ClipPolicy | str | None
-
-
-def _zeros(p: Tensor) -> Tensor:
-    return torch.zeros_like(p, memory_format=torch.preserve_format)
 
 
 def _check_lr(lr: float | Tensor) -> None:
     check_lr(lr)
 
 
+@register(
+    variant("sgd", "plain SGD", lrs=log_grid(1e-3, 1.0, 7),
+            bench={"lr": 0.01, "momentum": 0.9}, step_bytes=20 + 4),
+    variant("momentum", "SGD with momentum 0.9", lrs=log_grid(1e-4, 1e-1, 7), momentum=0.9),
+    variant("nesterov", "SGD, Nesterov momentum 0.9", lrs=log_grid(1e-4, 1e-1, 7),
+            momentum=0.9, nesterov=True),
+)
 class SGD(GuardedOptimizer):
     r"""Stochastic gradient descent, with momentum and Nesterov momentum.
 
@@ -86,8 +85,7 @@ class SGD(GuardedOptimizer):
     tensor(True)
     """
 
-    _rule = staticmethod(rules.sgd)
-    _fresh_key = "momentum_buffer"
+    rule = RULES["sgd"]
     _sparse_error = None
 
     def __init__(
@@ -103,11 +101,7 @@ class SGD(GuardedOptimizer):
         foreach: bool | None = None,
         differentiable: bool = False,
         fused: bool | None = None,
-        clip: ClipArg = None,
-        nonfinite: str = "skip",
-        max_consecutive_skips: int = 10,
-        backend: str | None = None,
-        measure_in_backward: bool = True,
+        **options: Unpack[GuardOptions],
     ) -> None:
         _check_lr(lr)
         check_nonneg("momentum", momentum)
@@ -120,14 +114,7 @@ class SGD(GuardedOptimizer):
         defaults = {"lr": lr, "momentum": momentum, "dampening": dampening,
                     "weight_decay": weight_decay, "nesterov": nesterov, "maximize": maximize,
                     "foreach": foreach, "differentiable": differentiable, "fused": fused}
-        super().__init__(params, defaults, clip=clip, nonfinite=nonfinite,
-                         max_consecutive_skips=max_consecutive_skips, backend=backend,
-                         measure_in_backward=measure_in_backward)
-
-    def _init_state(self, p: Tensor, group: dict[str, Any]) -> dict[str, Tensor]:
-        if group["momentum"] == 0:
-            return {}
-        return {"momentum_buffer": _zeros(p)}
+        super().__init__(params, defaults, **options)
 
     def _sparse_update(self, group: dict[str, Any], p: Tensor, g: Tensor,
                        state: dict[str, Tensor], scale: Tensor | None, clamp: float | None,
@@ -141,28 +128,17 @@ class SGD(GuardedOptimizer):
         # gradient computes the same.
         fresh = self._fresh.get(p)
         hparams = {k: _scalar(v) for k, v in group.items() if k not in _NOT_HPARAMS}
-        update_tensors(type(self)._rule, [p], [g.to_dense()], [state], [scale], clamp, [fresh],
-                       skip, _scalar(group["lr"]), hparams)
+        eager.update_tensors(self.rule.update, [p], [g.to_dense()], [state], [scale], clamp,
+                             [fresh], skip, _scalar(group["lr"]), hparams)
         if fresh is not None:
             self._fresh[p] = fresh & skip if skip is not None else torch.zeros_like(fresh)
 
-    def _native_supported(self, group: dict[str, Any]) -> bool:
-        # Our momentum buffers start at zero (see `fresh`); with zero dampening the first
-        # update m*0 + g equals torch's clone of g, so the fused kernel is exact.
-        return group["momentum"] == 0 or group["dampening"] == 0
-
-    def _native_update(self, group: dict[str, Any], params: list[Tensor], grads: list[Tensor],
-                       states: list[dict[str, Tensor]], skip: Tensor | None) -> None:
-        momentum = group["momentum"]
-        buffers: list[Tensor | None] = (
-            [s["momentum_buffer"] for s in states] if momentum != 0 else [None] * len(params))
-        torch_sgd.sgd(
-            params, grads, buffers, fused=True, found_inf=_found_inf(skip),
-            weight_decay=group["weight_decay"], momentum=momentum,
-            lr=group["lr"], dampening=group["dampening"], nesterov=group["nesterov"],
-            maximize=group["maximize"])
 
 
+@register(
+    variant("adam", "Adam", lrs=log_grid(1e-4, 1e-1, 7), bench={"lr": 1e-3}, step_bytes=28 + 4),
+    variant("amsgrad", "Adam with AMSGrad", lrs=log_grid(1e-4, 1e-1, 7), amsgrad=True),
+)
 class Adam(GuardedOptimizer):
     r"""Adam (Kingma & Ba 2014); AMSGrad with ``amsgrad=True`` (Reddi et al. 2018).
 
@@ -182,7 +158,7 @@ class Adam(GuardedOptimizer):
     tensor([0.9000])
     """
 
-    _rule = staticmethod(rules.adam)
+    rule = RULES["adam"]
     _decoupled_default = False
     # torch's words, which AdamW shares
     _sparse_error = "Adam does not support sparse gradients, please consider SparseAdam instead"
@@ -202,11 +178,7 @@ class Adam(GuardedOptimizer):
         differentiable: bool = False,
         fused: bool | None = None,
         decoupled_weight_decay: bool = False,
-        clip: ClipArg = None,
-        nonfinite: str = "skip",
-        max_consecutive_skips: int = 10,
-        backend: str | None = None,
-        measure_in_backward: bool = True,
+        **options: Unpack[GuardOptions],
     ) -> None:
         check_tensor_hparams(lr, betas, foreach, capturable)
         _check_lr(lr)
@@ -218,37 +190,13 @@ class Adam(GuardedOptimizer):
                     "amsgrad": amsgrad, "maximize": maximize, "foreach": foreach,
                     "capturable": capturable, "differentiable": differentiable, "fused": fused,
                     "decoupled_weight_decay": decoupled_weight_decay}
-        super().__init__(params, defaults, clip=clip, nonfinite=nonfinite,
-                         max_consecutive_skips=max_consecutive_skips, backend=backend,
-                         measure_in_backward=measure_in_backward)
-
-    def _init_state(self, p: Tensor, group: dict[str, Any]) -> dict[str, Tensor]:
-        state = {"step": self._step_tensor(p),
-                 "exp_avg": _zeros(p),
-                 "exp_avg_sq": _zeros(p)}
-        if group["amsgrad"]:
-            state["max_exp_avg_sq"] = _zeros(p)
-        return state
-
-    def _native_supported(self, group: dict[str, Any]) -> bool:
-        return True
-
-    def _native_update(self, group: dict[str, Any], params: list[Tensor], grads: list[Tensor],
-                       states: list[dict[str, Tensor]], skip: Tensor | None) -> None:
-        beta1, beta2 = group["betas"]
-        torch_adam.adam(
-            params, grads, [s["exp_avg"] for s in states], [s["exp_avg_sq"] for s in states],
-            [s["max_exp_avg_sq"] for s in states] if group["amsgrad"] else [],
-            [s["step"] for s in states], fused=True, found_inf=_found_inf(skip),
-            decoupled_weight_decay=group["decoupled_weight_decay"],
-            amsgrad=group["amsgrad"], beta1=beta1, beta2=beta2, lr=group["lr"],
-            weight_decay=group["weight_decay"], eps=group["eps"], maximize=group["maximize"])
+        super().__init__(params, defaults, **options)
 
 
-def _found_inf(skip: Tensor | None) -> Tensor | None:
-    return None if skip is None else skip.to(torch.float32)
 
 
+@register(variant("adamw", "AdamW, weight decay 0.01", lrs=log_grid(1e-4, 1e-1, 7),
+                  bench={"lr": 1e-3}, step_bytes=28 + 4))
 class AdamW(Adam):
     r"""AdamW: Adam with decoupled weight decay (Loshchilov & Hutter 2019).
 
@@ -276,18 +224,12 @@ class AdamW(Adam):
         capturable: bool = False,
         differentiable: bool = False,
         fused: bool | None = None,
-        clip: ClipArg = None,
-        nonfinite: str = "skip",
-        max_consecutive_skips: int = 10,
-        backend: str | None = None,
-        measure_in_backward: bool = True,
+        **options: Unpack[GuardOptions],
     ) -> None:
         super().__init__(params, lr, betas, eps, weight_decay, amsgrad, foreach=foreach,
                          maximize=maximize, capturable=capturable,
                          differentiable=differentiable, fused=fused,
-                         decoupled_weight_decay=True, clip=clip, nonfinite=nonfinite,
-                         max_consecutive_skips=max_consecutive_skips, backend=backend,
-                         measure_in_backward=measure_in_backward)
+                         decoupled_weight_decay=True, **options)
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         super().__setstate__(state)
@@ -295,6 +237,8 @@ class AdamW(Adam):
             group["decoupled_weight_decay"] = True
 
 
+@register(variant("nadam", "NAdam", lrs=log_grid(1e-4, 1e-1, 7), bench={"lr": 1e-3},
+                  step_bytes=28 + 4))
 class NAdam(GuardedOptimizer):
     r"""NAdam: Adam with Nesterov momentum (Dozat 2016), momentum schedule
     :math:`\mu_t = \beta_1(1 - \frac12 0.96^{t\psi})`; ``decoupled_weight_decay`` gives
@@ -307,7 +251,7 @@ class NAdam(GuardedOptimizer):
     tensor([-0.0106,  0.0106])
     """
 
-    _rule = staticmethod(rules.nadam)
+    rule = RULES["nadam"]
 
     def __init__(
         self,
@@ -323,11 +267,7 @@ class NAdam(GuardedOptimizer):
         maximize: bool = False,
         capturable: bool = False,
         differentiable: bool = False,
-        clip: ClipArg = None,
-        nonfinite: str = "skip",
-        max_consecutive_skips: int = 10,
-        backend: str | None = None,
-        measure_in_backward: bool = True,
+        **options: Unpack[GuardOptions],
     ) -> None:
         _check_lr(lr)
         check_nonneg("eps", eps, "epsilon value")
@@ -339,17 +279,12 @@ class NAdam(GuardedOptimizer):
                     "decoupled_weight_decay": decoupled_weight_decay, "maximize": maximize,
                     "foreach": foreach, "capturable": capturable,
                     "differentiable": differentiable}
-        super().__init__(params, defaults, clip=clip, nonfinite=nonfinite,
-                         max_consecutive_skips=max_consecutive_skips, backend=backend,
-                         measure_in_backward=measure_in_backward)
-
-    def _init_state(self, p: Tensor, group: dict[str, Any]) -> dict[str, Tensor]:
-        return {"step": self._step_tensor(p),
-                "mu_product": torch.ones((), dtype=torch.float32, device=p.device),
-                "exp_avg": _zeros(p),
-                "exp_avg_sq": _zeros(p)}
+        super().__init__(params, defaults, **options)
 
 
+
+@register(variant("adamax", "Adamax", lrs=log_grid(1e-4, 1e-1, 7), bench={"lr": 1e-3},
+                  step_bytes=28 + 4))
 class Adamax(GuardedOptimizer):
     r"""Adamax, Adam with the infinity norm (Kingma & Ba 2014, section 7).
 
@@ -363,7 +298,7 @@ class Adamax(GuardedOptimizer):
     tensor([-0.1000])
     """
 
-    _rule = staticmethod(rules.adamax)
+    rule = RULES["adamax"]
 
     def __init__(
         self,
@@ -377,11 +312,7 @@ class Adamax(GuardedOptimizer):
         maximize: bool = False,
         differentiable: bool = False,
         capturable: bool = False,
-        clip: ClipArg = None,
-        nonfinite: str = "skip",
-        max_consecutive_skips: int = 10,
-        backend: str | None = None,
-        measure_in_backward: bool = True,
+        **options: Unpack[GuardOptions],
     ) -> None:
         _check_lr(lr)
         check_nonneg("eps", eps, "epsilon value")
@@ -390,16 +321,12 @@ class Adamax(GuardedOptimizer):
         defaults = {"lr": lr, "betas": betas, "eps": eps, "weight_decay": weight_decay,
                     "foreach": foreach, "maximize": maximize, "differentiable": differentiable,
                     "capturable": capturable}
-        super().__init__(params, defaults, clip=clip, nonfinite=nonfinite,
-                         max_consecutive_skips=max_consecutive_skips, backend=backend,
-                         measure_in_backward=measure_in_backward)
-
-    def _init_state(self, p: Tensor, group: dict[str, Any]) -> dict[str, Tensor]:
-        return {"step": self._step_tensor(p),
-                "exp_avg": _zeros(p),
-                "exp_inf": _zeros(p)}
+        super().__init__(params, defaults, **options)
 
 
+
+@register(variant("rmsprop", "RMSprop", lrs=log_grid(1e-5, 1e-2, 7), bench={"lr": 1e-3},
+                  step_bytes=20 + 4))
 class RMSprop(GuardedOptimizer):
     r"""RMSprop (Tieleman & Hinton 2012); ``centered`` subtracts the squared mean gradient
     (Graves 2013); ``momentum`` adds a momentum buffer.
@@ -414,7 +341,7 @@ class RMSprop(GuardedOptimizer):
     tensor([-0.1000])
     """
 
-    _rule = staticmethod(rules.rmsprop)
+    rule = RULES["rmsprop"]
 
     def __init__(
         self,
@@ -429,12 +356,7 @@ class RMSprop(GuardedOptimizer):
         foreach: bool | None = None,
         maximize: bool = False,
         differentiable: bool = False,
-        *,
-        clip: ClipArg = None,
-        nonfinite: str = "skip",
-        max_consecutive_skips: int = 10,
-        backend: str | None = None,
-        measure_in_backward: bool = True,
+        **options: Unpack[GuardOptions],
     ) -> None:
         _check_lr(lr)
         check_nonneg("eps", eps, "epsilon value")
@@ -445,20 +367,12 @@ class RMSprop(GuardedOptimizer):
                     "centered": centered, "weight_decay": weight_decay,
                     "capturable": capturable, "foreach": foreach, "maximize": maximize,
                     "differentiable": differentiable}
-        super().__init__(params, defaults, clip=clip, nonfinite=nonfinite,
-                         max_consecutive_skips=max_consecutive_skips, backend=backend,
-                         measure_in_backward=measure_in_backward)
-
-    def _init_state(self, p: Tensor, group: dict[str, Any]) -> dict[str, Tensor]:
-        state = {"step": self._step_tensor(p),
-                 "square_avg": _zeros(p)}
-        if group["momentum"] > 0:
-            state["momentum_buffer"] = _zeros(p)
-        if group["centered"]:
-            state["grad_avg"] = _zeros(p)
-        return state
+        super().__init__(params, defaults, **options)
 
 
+
+@register(variant("adagrad", "Adagrad", lrs=log_grid(1e-3, 1.0, 7), bench={"lr": 1e-2},
+                  step_bytes=20 + 4))
 class Adagrad(GuardedOptimizer):
     r"""Adagrad (Duchi et al. 2011).
 
@@ -472,7 +386,7 @@ class Adagrad(GuardedOptimizer):
     tensor([-0.1000])
     """
 
-    _rule = staticmethod(rules.adagrad)
+    rule = RULES["adagrad"]
     _sparse_error = None
 
     def __init__(
@@ -488,11 +402,7 @@ class Adagrad(GuardedOptimizer):
         maximize: bool = False,
         differentiable: bool = False,
         fused: bool | None = None,
-        clip: ClipArg = None,
-        nonfinite: str = "skip",
-        max_consecutive_skips: int = 10,
-        backend: str | None = None,
-        measure_in_backward: bool = True,
+        **options: Unpack[GuardOptions],
     ) -> None:
         _check_lr(lr)
         check_nonneg("lr_decay", lr_decay)
@@ -502,19 +412,11 @@ class Adagrad(GuardedOptimizer):
         defaults = {"lr": lr, "lr_decay": lr_decay, "eps": eps, "weight_decay": weight_decay,
                     "initial_accumulator_value": initial_accumulator_value, "foreach": foreach,
                     "maximize": maximize, "differentiable": differentiable, "fused": fused}
-        super().__init__(params, defaults, clip=clip, nonfinite=nonfinite,
-                         max_consecutive_skips=max_consecutive_skips, backend=backend,
-                         measure_in_backward=measure_in_backward)
+        super().__init__(params, defaults, **options)
         # As torch.optim.Adagrad: the state exists from construction on.
         for group in self.param_groups:
             for p in group["params"]:
                 self._state_for(p, group)
-
-    def _init_state(self, p: Tensor, group: dict[str, Any]) -> dict[str, Tensor]:
-        init = group["initial_accumulator_value"]
-        value = complex(init, init) if p.is_complex() else init  # as torch.optim.Adagrad
-        return {"step": self._step_tensor(p),
-                "sum": torch.full_like(p, value, memory_format=torch.preserve_format)}
 
     def _sparse_update(self, group: dict[str, Any], p: Tensor, g: Tensor,
                        state: dict[str, Tensor], scale: Tensor | None, clamp: float | None,
@@ -528,18 +430,10 @@ class Adagrad(GuardedOptimizer):
                        eps=group["eps"], scale=scale, clamp=clamp, skip=skip,
                        maximize=group["maximize"])
 
-    def _native_supported(self, group: dict[str, Any]) -> bool:
-        return True
-
-    def _native_update(self, group: dict[str, Any], params: list[Tensor], grads: list[Tensor],
-                       states: list[dict[str, Tensor]], skip: Tensor | None) -> None:
-        torch_adagrad.adagrad(
-            params, grads, [s["sum"] for s in states], [s["step"] for s in states], fused=True,
-            found_inf=_found_inf(skip), lr=group["lr"],
-            weight_decay=group["weight_decay"], lr_decay=group["lr_decay"], eps=group["eps"],
-            maximize=group["maximize"])
 
 
+@register(variant("adadelta", "Adadelta", lrs=log_grid(1e-2, 10.0, 7), bench={"lr": 1.0},
+                  step_bytes=28 + 4))
 class Adadelta(GuardedOptimizer):
     r"""Adadelta (Zeiler 2012).
 
@@ -554,7 +448,7 @@ class Adadelta(GuardedOptimizer):
     tensor([-0.0032])
     """
 
-    _rule = staticmethod(rules.adadelta)
+    rule = RULES["adadelta"]
 
     def __init__(
         self,
@@ -568,11 +462,7 @@ class Adadelta(GuardedOptimizer):
         capturable: bool = False,
         maximize: bool = False,
         differentiable: bool = False,
-        clip: ClipArg = None,
-        nonfinite: str = "skip",
-        max_consecutive_skips: int = 10,
-        backend: str | None = None,
-        measure_in_backward: bool = True,
+        **options: Unpack[GuardOptions],
     ) -> None:
         _check_lr(lr)
         check_unit_interval("rho", rho, closed_right=True)
@@ -581,16 +471,13 @@ class Adadelta(GuardedOptimizer):
         defaults = {"lr": lr, "rho": rho, "eps": eps, "weight_decay": weight_decay,
                     "maximize": maximize, "capturable": capturable, "foreach": foreach,
                     "differentiable": differentiable}
-        super().__init__(params, defaults, clip=clip, nonfinite=nonfinite,
-                         max_consecutive_skips=max_consecutive_skips, backend=backend,
-                         measure_in_backward=measure_in_backward)
-
-    def _init_state(self, p: Tensor, group: dict[str, Any]) -> dict[str, Tensor]:
-        return {"step": self._step_tensor(p),
-                "square_avg": _zeros(p),
-                "acc_delta": _zeros(p)}
+        super().__init__(params, defaults, **options)
 
 
+
+@register(variant("lars", "LARS (momentum 0.9, trust coefficient 1e-3)",
+                  lrs=log_grid(1e-2, 10.0, 7), bench={"lr": 0.1}, step_bytes=20 + 8 + 4,
+                  third_party="LARS"))
 class LARS(GuardedOptimizer):
     r"""LARS, layer-wise adaptive rate scaling (You, Gitman & Ginsburg 2017, Algorithm 1).
 
@@ -610,7 +497,7 @@ class LARS(GuardedOptimizer):
             [0.9990, 0.9990]])
     """
 
-    _rule = staticmethod(rules.lars)
+    rule = RULES["lars"]
     _whole_tensors = "its trust ratio needs the norms of whole parameters and gradients"
 
     def __init__(
@@ -624,11 +511,7 @@ class LARS(GuardedOptimizer):
         *,
         maximize: bool = False,
         differentiable: bool = False,
-        clip: ClipArg = None,
-        nonfinite: str = "skip",
-        max_consecutive_skips: int = 10,
-        backend: str | None = None,
-        measure_in_backward: bool = True,
+        **options: Unpack[GuardOptions],
     ) -> None:
         _check_lr(lr)
         check_unit_interval("momentum", momentum)
@@ -638,14 +521,12 @@ class LARS(GuardedOptimizer):
                     "trust_coefficient": trust_coefficient,
                     "exclude_bias_and_norm": exclude_bias_and_norm, "maximize": maximize,
                     "differentiable": differentiable}
-        super().__init__(params, defaults, clip=clip, nonfinite=nonfinite,
-                         max_consecutive_skips=max_consecutive_skips, backend=backend,
-                         measure_in_backward=measure_in_backward)
-
-    def _init_state(self, p: Tensor, group: dict[str, Any]) -> dict[str, Tensor]:
-        return {"momentum_buffer": _zeros(p)}
+        super().__init__(params, defaults, **options)
 
 
+
+@register(variant("lamb", "LAMB", lrs=log_grid(1e-4, 1e-1, 7), bench={"lr": 1e-3},
+                  step_bytes=28 + 16 + 4, third_party="Lamb"))
 class LAMB(GuardedOptimizer):
     r"""LAMB, layer-wise adaptive moments (You et al. 2019, Algorithm 2).
 
@@ -660,7 +541,7 @@ class LAMB(GuardedOptimizer):
     tensor([2.6464, 3.6464])
     """
 
-    _rule = staticmethod(rules.lamb)
+    rule = RULES["lamb"]
     _whole_tensors = "its trust ratio needs the norms of whole parameters and updates"
 
     def __init__(
@@ -673,11 +554,7 @@ class LAMB(GuardedOptimizer):
         *,
         maximize: bool = False,
         differentiable: bool = False,
-        clip: ClipArg = None,
-        nonfinite: str = "skip",
-        max_consecutive_skips: int = 10,
-        backend: str | None = None,
-        measure_in_backward: bool = True,
+        **options: Unpack[GuardOptions],
     ) -> None:
         _check_lr(lr)
         check_nonneg("eps", eps, "epsilon value")
@@ -686,16 +563,12 @@ class LAMB(GuardedOptimizer):
         defaults = {"lr": lr, "betas": betas, "eps": eps, "weight_decay": weight_decay,
                     "maximize": maximize,
                     "differentiable": differentiable}
-        super().__init__(params, defaults, clip=clip, nonfinite=nonfinite,
-                         max_consecutive_skips=max_consecutive_skips, backend=backend,
-                         measure_in_backward=measure_in_backward)
-
-    def _init_state(self, p: Tensor, group: dict[str, Any]) -> dict[str, Tensor]:
-        return {"step": self._step_tensor(p),
-                "exp_avg": _zeros(p),
-                "exp_avg_sq": _zeros(p)}
+        super().__init__(params, defaults, **options)
 
 
+
+@register(variant("lion", "Lion", lrs=log_grid(1e-5, 1e-2, 7), bench={"lr": 1e-4},
+                  step_bytes=20 + 4, third_party="Lion"))
 class Lion(GuardedOptimizer):
     r"""Lion, evolved sign momentum (Chen et al. 2023).
 
@@ -710,7 +583,7 @@ class Lion(GuardedOptimizer):
     tensor([ 0.9000, -0.9000])
     """
 
-    _rule = staticmethod(rules.lion)
+    rule = RULES["lion"]
 
     def __init__(
         self,
@@ -721,20 +594,11 @@ class Lion(GuardedOptimizer):
         *,
         maximize: bool = False,
         differentiable: bool = False,
-        clip: ClipArg = None,
-        nonfinite: str = "skip",
-        max_consecutive_skips: int = 10,
-        backend: str | None = None,
-        measure_in_backward: bool = True,
+        **options: Unpack[GuardOptions],
     ) -> None:
         _check_lr(lr)
         check_betas(betas)
         check_nonneg("weight_decay", weight_decay)
         defaults = {"lr": lr, "betas": betas, "weight_decay": weight_decay, "maximize": maximize,
                     "differentiable": differentiable}
-        super().__init__(params, defaults, clip=clip, nonfinite=nonfinite,
-                         max_consecutive_skips=max_consecutive_skips, backend=backend,
-                         measure_in_backward=measure_in_backward)
-
-    def _init_state(self, p: Tensor, group: dict[str, Any]) -> dict[str, Tensor]:
-        return {"exp_avg": _zeros(p)}
+        super().__init__(params, defaults, **options)

@@ -1,5 +1,5 @@
-"""The eager multi-tensor path: each update rule of :mod:`gradguard.rules` runs once over a list
-of tensors, with no second copy of its math.
+"""TensorList: a list of tensors that the update rules of :mod:`gradguard.rules` take as if it
+were one tensor, so the multi-tensor path (:mod:`.foreach`) has no second copy of their math.
 
 A rule is written per tensor. Called with :class:`TensorList` arguments instead, every
 operation it performs (``a * b``, ``torch.lerp``, ``torch.linalg.vector_norm``, ...) is applied
@@ -8,12 +8,7 @@ to all the tensors at once: as torch's multi-tensor ``torch._foreach_*`` op wher
 else as a loop over the tensors. Per-tensor scalars (step counts, bias corrections, trust
 ratios) become TensorLists of 0-d tensors, which broadcast against the full tensors item by
 item. On the CPU the ``_foreach_*`` ops call the same kernels as the per-tensor ops, so this
-path agrees bitwise with the reference :func:`gradguard.optim._backends.update_tensors`.
-
-:func:`update_foreach` is the runner: it groups a param group's tensors into buckets that one
-call of the rule can take (same device, dtype, rank and state layout), scales and clamps the
-gradients, calls the rule once per bucket and commits the results (or, on a skipped step,
-keeps every old value) with ``torch._foreach_copy_``.
+path agrees bitwise with the reference :func:`gradguard.optim.backends.eager.update_tensors`.
 
 A rule that uses an operation not mapped here fails loudly: a torch function raises
 ``TypeError`` naming it, a tensor method ``AttributeError``; map it below.
@@ -37,13 +32,6 @@ from typing import Any
 import torch
 from torch import Tensor
 from torch.overrides import resolve_name
-
-Rule = Callable[..., tuple[Any, dict[str, Any]]]
-
-# Elements per call of the rule. The rules are pure, so a call holds each intermediate result
-# for all of its tensors at once (about ten for Adam): calls over at most this many elements
-# bound that extra memory (one tensor larger than this gets a call of its own).
-MAX_NUMEL = 1 << 24
 
 # _foreach_* binary ops with an overload taking one (0-d) tensor as the other operand
 _TENSOR_OVERLOAD = frozenset({"add", "mul", "div"})
@@ -154,7 +142,7 @@ class TensorList:
             raise AttributeError(name)
         raise AttributeError(
             f"TensorList has no attribute {name!r}: an update rule uses a tensor method the "
-            "multi-tensor path does not map yet; add it to gradguard/optim/_foreach.py")
+            "multi-tensor path does not map yet; add it to gradguard/optim/backends/_tensorlist.py")
 
     # -- what the rules read ---------------------------------------------------------------
     def _common(self, what: str, values: list[Any]) -> Any:
@@ -493,116 +481,3 @@ def _register() -> dict[Any, Callable[..., Any]]:
 
 
 _TORCH_FUNCTIONS: dict[Any, Callable[..., Any]] = _register()
-
-
-# -- the runner ----------------------------------------------------------------------------------
-
-def _bucket_key(p: Tensor, g: Tensor, state: dict[str, Tensor], scale: Tensor | None,
-                fresh: Tensor | None) -> tuple[Any, ...]:
-    """What must be the same for tensors to share one call of the rule."""
-    layout = tuple(sorted((k, v.dtype, v.device) for k, v in state.items()))
-    return (p.device, p.dtype, p.dim(), g.device, g.dtype, layout, scale is None, fresh is None)
-
-
-def _scaled(grads: list[Tensor], scales: list[Tensor]) -> list[Tensor]:
-    """``g * s`` for every gradient (the same products as the reference's ``g * s.to(g.dtype)``):
-    one shared 0-d scale (global clipping) goes in as a single tensor, per-tensor and unit-wise
-    (AGC) scales as a list, each broadcast against its gradient."""
-    s0 = scales[0]
-    if s0.dim() == 0 and s0.device == grads[0].device and all(s is s0 for s in scales):
-        return list(torch._foreach_mul(grads, s0.to(grads[0].dtype)))
-    return list(torch._foreach_mul(grads, [s.to(g.dtype) for s, g in zip(scales, grads,
-                                                                          strict=True)]))
-
-
-def clipped_grads(grads: list[Tensor], scales: list[Tensor | None],
-                  clamp: float | None) -> list[Tensor]:
-    """The gradients clipped as the reference does it, ``(g * s).clamp(-clamp, clamp)``, into
-    new tensors (``.grad`` is never written): multi-tensor ops, bitwise the per-tensor values.
-    ``scales`` are all None or all tensors."""
-    if scales[0] is not None:
-        grads = _scaled(grads, [s for s in scales if s is not None])
-    if clamp is not None:  # clamp(-c, c) == clamp_max(clamp_min(., -c), c), NaN kept
-        grads = list(torch._foreach_clamp_min(grads, -clamp))
-        torch._foreach_clamp_max_(grads, clamp)
-    return grads
-
-
-def _results(value: Any, n: int, what: str) -> TensorList:
-    """``value`` (what the rule returned for ``what``), checked to be ``n`` tensors."""
-    if not isinstance(value, TensorList) or len(value) != n:
-        raise TypeError(f"the update rule returned {type(value).__name__} for {what}; expected "
-                        f"a TensorList of {n} tensors")
-    return value
-
-
-def update_foreach(
-    rule: Rule,
-    params: list[Tensor],
-    grads: list[Tensor],
-    states: list[dict[str, Tensor]],
-    scales: list[Tensor | None],
-    clamp: float | None,
-    fresh: list[Tensor | None],
-    skip: Tensor | None,
-    lr: float | Tensor,
-    hparams: dict[str, Any],
-) -> None:
-    """:func:`~gradguard.optim._backends.update_tensors` as multi-tensor ops: the same rule,
-    called once per bucket of tensors (same device, dtype, rank, state layout; whether scaled,
-    whether ``fresh``; at most :data:`MAX_NUMEL` elements) with :class:`TensorList`
-    arguments. Gradients are scaled and clamped into new tensors (``.grad`` is never written);
-    parameters and state are committed with ``torch._foreach_copy_``, or left bitwise unchanged
-    where ``skip`` is true."""
-    buckets: dict[tuple[Any, ...], list[list[int]]] = {}
-    filled: dict[tuple[Any, ...], int] = {}  # elements in the bucket's last chunk
-    for i in range(len(params)):
-        key = _bucket_key(params[i], grads[i], states[i], scales[i], fresh[i])
-        chunks = buckets.setdefault(key, [[]])
-        numel = params[i].numel()
-        if chunks[-1] and filled[key] + numel > MAX_NUMEL:
-            chunks.append([])
-            filled[key] = 0
-        chunks[-1].append(i)
-        filled[key] = filled.get(key, 0) + numel
-    for idx in (chunk for chunks in buckets.values() for chunk in chunks):
-        ps = [params[i] for i in idx]
-        gs = [grads[i] for i in idx]
-        sts = [states[i] for i in idx]
-        scale = [scales[i] for i in idx]
-        gs = clipped_grads(gs, scale, clamp)
-        state_tl = {k: TensorList([st[k] for st in sts]) for k in sts[0]}
-        fr = [fresh[i] for i in idx]
-        fresh_tl = TensorList([f for f in fr if f is not None]) if fr[0] is not None else None
-        new_p, new_state = rule(TensorList(ps), TensorList(gs), state_tl, lr=lr,
-                                fresh=fresh_tl, **hparams)
-        if skip is None:
-            dst = list(ps)
-            src = list(_results(new_p, len(idx), "the parameters").items)
-            for name, value in new_state.items():
-                dst += [st[name] for st in sts]
-                src += _results(value, len(idx), f"state {name!r}").items
-            torch._foreach_copy_(dst, src)
-        else:
-            _commit_unless(skip, ps, new_p, "the parameters")
-            for name, value in new_state.items():
-                _commit_unless(skip, [st[name] for st in sts], value, f"state {name!r}")
-
-
-def _commit_unless(skip: Tensor, dst: list[Tensor], value: Any, what: str) -> None:
-    """As :func:`gradguard.optim._core.commit`: ``dst`` takes ``value``'s tensors, or keeps its
-    old values, bit for bit (NaN or not), where ``skip`` is true. In place where the shapes and
-    dtypes agree; 0-d state (step counts) held as one vector goes through one ``where``. The
-    rules return new tensors, never another destination, so committing one list before the
-    next cannot change a value still to be read."""
-    src = _results(value, len(dst), what)
-    vec = src._vector() if dst[0].dim() == 0 else None
-    if vec is not None and all(d.dim() == 0 and d.dtype == vec.dtype for d in dst):
-        kept = torch.where(skip, torch.stack(dst), vec)
-        torch._foreach_copy_(dst, list(kept.unbind(0)))
-        return
-    for d, s in zip(dst, src.items, strict=True):
-        if d.dtype == s.dtype and d.shape == s.shape:
-            torch.where(skip, d, s, out=d)  # in place: no temporary, no second pass
-        else:
-            d.copy_(torch.where(skip, d, s))

@@ -1,106 +1,31 @@
-"""How an update rule runs over a param group: one definition, several executions.
-
-- ``eager``: :func:`update_tensors`, the readable reference — the rule applied tensor by tensor,
-  each result committed (or, on a skipped step, not) with ``torch.where``.
-- ``foreach``: :func:`gradguard.optim._foreach.update_foreach`, the same rule called once per
-  bucket of tensors with :class:`~gradguard.optim._foreach.TensorList` arguments, so every
-  operation is one multi-tensor ``torch._foreach_*`` call (or a loop where torch has none). The
-  fallback, with one warning, where ``torch.compile`` does not work; needs no compiler.
-- ``compiled``: the same function through ``torch.compile`` (C++/OpenMP on CPU, Triton on GPU):
-  clip scale, update and commit fuse into one pass per tensor, so each gradient is read once
-  and never written. Tensors are flattened to 1-D and processed in chunks of :data:`CHUNK`
-  with dynamic shapes, so one compiled kernel serves every full chunk of a model (two where
-  the rule has a reduction: chunks of small and of large tensors); the learning rate is a
-  tensor input, so LR schedules and changing clip scales never recompile.
-- ``native``: torch's own fused kernels (Adam, AdamW, SGD, Adagrad) where they are exact for the
-  step: the clip scale (times GradScaler's) goes in as their ``grad_scale`` and the non-finite
-  skip as their ``found_inf``, as GradScaler itself does. Chosen by the optimizer class.
-
-``auto`` tries native, then compiled, then foreach.
+"""The ``compiled`` backend: the reference update (:func:`.eager.update_tensors`) through
+``torch.compile`` (C++/OpenMP on CPU, Triton on GPU): clip scale, update and commit fuse into
+one pass per tensor, so each gradient is read once and never written. Tensors are flattened to
+1-D and processed in chunks of :data:`CHUNK` with dynamic shapes, so one compiled kernel
+serves every full chunk of a model (two where the rule has a reduction: chunks of small and of
+large tensors); the learning rate is a tensor input, so LR schedules and changing clip scales
+never recompile. Where compiling fails, :func:`run_compiled` says so (once, with a warning)
+and the caller runs ``foreach``.
 """
 
 from __future__ import annotations
 
-import os
 import types
 import warnings
-from collections.abc import Callable
 from typing import Any
 
 import torch
 import torch.fx.experimental._config as fx_config
 from torch import Tensor
 
-from .._validation import env_count
-from ._core import commit
+from ...rules import Update
+from .eager import update_tensors
 
-BACKENDS = ("auto", "native", "compiled", "foreach", "eager")
 CHUNK = 4  # tensors per compiled call: bounds compile time, reused for every chunk
 # Inductor lowers a reduction (LARS's and LAMB's norms) differently above this many elements
 # and guards on it, so chunks hold only tensors on one side of it: one graph per side.
 SMALL_NUMEL = 4096
 RECOMPILE_LIMIT = 256
-
-Rule = Callable[..., tuple[Tensor, dict[str, Tensor]]]
-
-
-def default_backend() -> str:
-    """``GRADGUARD_BACKEND`` if set (one of :data:`BACKENDS`), else ``"auto"``."""
-    value = os.environ.get("GRADGUARD_BACKEND", "auto")
-    if value not in BACKENDS:
-        raise ValueError(f"Invalid GRADGUARD_BACKEND: {value!r}; valid choices are "
-                         + ", ".join(repr(b) for b in BACKENDS))
-    return value
-
-
-# Smallest param group (in elements) that ``auto`` compiles. Below it a compiled call's fixed
-# cost (guards, chunking) exceeds the work: on the 2-core CPU the compiled update of a 50k
-# parameter MLP took longer than the multi-tensor eager one, and 12.6M parameters ran 8x faster
-# compiled. Small models also skip the first step's compile.
-COMPILE_MIN_NUMEL = 1 << 20
-
-
-def compile_min_numel() -> int:
-    """``GRADGUARD_COMPILE_MIN_NUMEL`` if set (an integer >= 0), else
-    :data:`COMPILE_MIN_NUMEL`: param groups with fewer elements run ``foreach`` under
-    ``backend="auto"``."""
-    return env_count("GRADGUARD_COMPILE_MIN_NUMEL", COMPILE_MIN_NUMEL)
-
-
-def update_tensors(
-    rule: Rule,
-    params: list[Tensor],
-    grads: list[Tensor],
-    states: list[dict[str, Tensor]],
-    scales: list[Tensor | None],
-    clamp: float | None,
-    fresh: list[Tensor | None],
-    skip: Tensor | None,
-    lr: float | Tensor,
-    hparams: dict[str, Any],
-) -> None:
-    """Apply ``rule`` to every tensor: clip the gradient in registers (scale, then clamp),
-    update, and commit parameters and state unless ``skip``. The reference every fast path is
-    checked against, and the function the compiled path compiles."""
-    if isinstance(lr, Tensor) and lr.dim() > 0:
-        lr = lr.reshape(())
-    for i in range(len(params)):
-        g = grads[i]
-        s = scales[i]
-        if s is not None:
-            g = g * s.to(g.dtype)
-        if clamp is not None:
-            g = g.clamp(-clamp, clamp)
-        p_in, st_in = params[i], states[i]
-        if torch.is_grad_enabled():
-            # A differentiable step: the rule reads copies, so that what backward saved (the
-            # old max of AMSGrad, say) is not the tensor the commit writes.
-            p_in, st_in = p_in.clone(), {k: v.clone() for k, v in st_in.items()}
-        new_p, new_state = rule(p_in, g, st_in, lr=lr, fresh=fresh[i], **hparams)
-        commit(params[i], new_p, skip)
-        for key, value in new_state.items():
-            commit(states[i][key], value, skip)
-
 
 _compiled: dict[Any, Any] = {}  # rule -> its compiled update
 _compile_failed: str | None = None
@@ -123,7 +48,7 @@ def _lower_scalar() -> None:
         return x
 
 
-def _compiled_update(rule: Rule | None = None) -> Any:
+def _compiled_update(rule: Update | None = None) -> Any:
     """``update_tensors`` through ``torch.compile``, one compiled function per rule. Each is a
     copy of the function with a code object of its own, since dynamo keeps graphs and guards
     per code object: shared by every rule, a step of one (SGD, whose state has no ``step``)
@@ -201,7 +126,7 @@ def _dynamo_settings() -> dict[str, Any]:
 
 
 def run_compiled(
-    rule: Rule,
+    rule: Update,
     params: list[Tensor],
     grads: list[Tensor],
     states: list[dict[str, Tensor]],

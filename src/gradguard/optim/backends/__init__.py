@@ -1,0 +1,27 @@
+"""How an update rule runs over a param group: one definition, four executions.
+
+- :mod:`.eager`: the readable reference, the rule tensor by tensor;
+- :mod:`.foreach`: the same rule once per bucket of tensors, as multi-tensor ops;
+- :mod:`.compiled`: the reference through ``torch.compile``, one fused pass per tensor;
+- :mod:`.native`: torch's fused kernels, a table from rule to adapter, where exact.
+
+:func:`select` makes the choice (an explicit, testable :class:`Choice`), :func:`run` carries
+it out. ``auto`` tries native, then compiled, then foreach.
+"""
+
+from __future__ import annotations
+
+from ._select import (
+    BACKENDS,
+    COMPILE_MIN_NUMEL,
+    PATHS,
+    Choice,
+    compile_min_numel,
+    default_backend,
+    run,
+    select,
+)
+from .compiled import CHUNK, compile_available
+
+__all__ = ["BACKENDS", "CHUNK", "COMPILE_MIN_NUMEL", "PATHS", "Choice", "compile_available",
+           "compile_min_numel", "default_backend", "run", "select"]
