@@ -15,7 +15,7 @@ import torch.distributed as dist
 from torch import Tensor
 
 from .._validation import check_choice
-from ..clip import AGC, ClipPolicy, GlobalNorm, GradHooks, GradStats, Norm, Value, resolve
+from ..clip import ClipPolicy, GradHooks, GradStats, StatNeeds, resolve
 from ..clip._dist import is_dtensor
 from ..errors import NonFiniteGradientError
 
@@ -148,18 +148,12 @@ class GuardCore:
 
     def make_hooks(self, param_groups: list[dict[str, Any]]) -> GradHooks:
         """Backward hooks on every parameter, measuring what the clip policies will ask for:
-        the 2-norm always (the guard and the record need it), the inf-norm for Value or an
-        inf-norm policy, unit-wise norms for AGC."""
+        the 2-norm always (the guard and the record need it), and what each policy declares
+        in its ``needs`` (other norm orders, unit-wise norms)."""
         policies = [self.clip] + [g.get("clip") for g in param_groups]
-        norm_types = {2.0}
-        for p in policies:
-            if isinstance(p, Value):
-                norm_types.add(float("inf"))
-            elif isinstance(p, Norm | GlobalNorm):
-                norm_types.add(p.norm_type)
-        units = any(isinstance(p, AGC) for p in policies)
+        needs = StatNeeds.merge(p.needs for p in policies if p is not None)
         params = [p for g in param_groups for p in g["params"]]
-        return GradHooks(params, norm_types=norm_types, units=units)
+        return GradHooks(params, norm_types={2.0, *needs.norm_types}, units=needs.units)
 
     # -- a step -----------------------------------------------------------------------------
     def plan(self, param_groups: list[dict[str, Any]], hooks: GradHooks | None = None,
@@ -198,8 +192,9 @@ class GuardCore:
             policy = self.policy_of(param_groups[gi])
             if policy is not None:
                 buckets.setdefault(id(policy), (policy, []))[1].append(k)
-        # Sharded gradients: AGC's vector parameter norms join the one all-reduce of the norms.
-        param_norms = [k for policy, idx in buckets.values() if isinstance(policy, AGC)
+        # Sharded gradients: the vector parameter norms a policy needs (AGC's) join the one
+        # all-reduce of the norms.
+        param_norms = [k for policy, idx in buckets.values() if policy.needs.param_norms
                        for k in idx] if any(is_dtensor(g) for g in grads) else []
         stats = GradStats(params, grads, hooks, multiplier, param_norms)
         grad_norm = stats.total_norm(list(range(len(grads))))
