@@ -560,3 +560,168 @@ def test_each_policy_says_its_threshold_so_no_caller_tests_its_type() -> None:
         opt.step()
         assert policy.threshold is policy.last_threshold is not None, spec
         assert not torch.isnan(torch.as_tensor(policy.threshold)), spec  # ZClip: inf in warm-up
+
+
+# --------------------------------------------------------------------------------------
+# The registry: what each policy declares, so that no caller tests its type
+# --------------------------------------------------------------------------------------
+
+# VALID_FORMS as it was written by hand before the grammar came from the registry: the CLI's
+# messages and the tests quote it, so the generated string must not change.
+OLD_VALID_FORMS = (
+    '"none", "value:C", "norm:C", "global_norm:C[:norm_type=P]", "agc:CLIPPING[:eps=E]", '
+    '"auto:PERCENTILE[:history=N]", "zclip:Z[:alpha=A][:warmup=N][:max_norm=M][:eps=E]"'
+)
+
+
+def test_valid_forms_generated_from_the_registry_are_the_old_string() -> None:
+    from gradguard.clip._policies import POLICIES
+
+    assert gclip.VALID_FORMS == OLD_VALID_FORMS
+    generated = ", ".join(f'"{c.spec_usage}"' for c in POLICIES.values())
+    assert generated == gclip.VALID_FORMS
+
+
+def test_every_registered_policy_is_in_the_spec_table() -> None:
+    """SPECS is the table the parse, equality and behaviour tests run over: a new policy (a
+    class that declares its spec form) must add a row there."""
+    from gradguard.clip._policies import POLICIES
+
+    assert POLICIES, "no policy registered"
+    assert {cls for _, cls, _ in SPECS} == set(POLICIES.values())
+    assert {spec.split(":")[0] for spec, _, _ in SPECS} == set(POLICIES)
+    for name, cls in POLICIES.items():
+        assert cls.name == name
+        assert f'"{cls.spec_usage}"' in gclip.VALID_FORMS
+        assert getattr(gclip, cls.__name__) is cls, f"{cls.__name__} not in gradguard.clip"
+
+
+def test_a_policy_form_that_does_not_fit_its_init_is_refused() -> None:
+    from gradguard.clip._policies import POLICIES
+
+    before = dict(POLICIES)
+    with pytest.raises(TypeError, match="is taken by GlobalNorm"):
+        type("Twin", (gclip.GlobalNorm,), {"name": "global_norm", "spec_usage": "x:C"})
+    with pytest.raises(TypeError, match=r"\['limit'\] are not arguments"):
+        type("Typo", (gclip.GlobalNorm,), {"name": "typo", "spec_usage": "typo:C",
+                                           "spec_first": "limit"})
+    with pytest.raises(TypeError, match=r"\['eps'\] are not arguments"):
+        type("Ints", (gclip.GlobalNorm,), {"name": "ints", "spec_usage": "ints:C",
+                                           "spec_ints": frozenset({"eps"})})
+    with pytest.raises(TypeError, match="non-empty lower-case"):
+        type("Nameless", (gclip.GlobalNorm,), {"name": "", "spec_usage": ":C"})
+    # A subclass that declares no form of its own is no part of the grammar.
+    type("Quiet", (gclip.GlobalNorm,), {})
+    assert before == POLICIES
+
+
+class _Recording(gclip.GradStats):
+    """GradStats that notes which statistics a policy asks for."""
+
+    def __init__(self, *args: Any) -> None:
+        super().__init__(*args)
+        self.asked_norms: set[float] = set()
+        self.asked_units = False
+        self.asked_param_norms = False
+
+    def norms(self, norm_type: float = 2.0) -> list[torch.Tensor]:
+        self.asked_norms.add(float(norm_type))
+        return super().norms(norm_type)
+
+    def unit_norms(self, i: int) -> torch.Tensor:
+        self.asked_units = True
+        return super().unit_norms(i)
+
+    def param_unit_norms(self, i: int) -> torch.Tensor:
+        self.asked_param_norms = True
+        return super().param_unit_norms(i)
+
+
+@pytest.mark.parametrize(("spec", "cls", "make"), SPECS, ids=[s[0] for s in SPECS])
+def test_each_policy_declares_exactly_the_statistics_it_reads(
+    spec: str, cls: type, make: Callable[[], Any]
+) -> None:
+    """``needs`` is how the optimizer knows what to measure in backward and what to all-reduce
+    together (no isinstance): it must name what decide() reads, and no more."""
+    gen = torch.Generator().manual_seed(0)
+    params = [nn.Parameter(torch.randn(3, 4, generator=gen)), nn.Parameter(torch.randn(4))]
+    grads = [torch.randn(p.shape, generator=gen) * 5 for p in params]
+    stats = _Recording(params, grads)
+    policy = make()
+    for _ in range(3):  # stateful ones: past the first step too
+        policy.decide(stats, [0, 1], None)
+    needs = policy.needs
+    assert needs == gclip.StatNeeds(frozenset(stats.asked_norms), stats.asked_units,
+                                    stats.asked_param_norms), spec
+
+
+def test_hooks_measure_what_a_policy_declares() -> None:
+    """The optimizer's backward hooks follow ``needs``: a policy of no known type that asks
+    for 3-norms and unit-wise norms gets them measured."""
+    import gradguard
+
+    class ThreeNorm(gclip.ClipPolicy):
+        @property
+        def needs(self) -> gclip.StatNeeds:
+            return gclip.StatNeeds(frozenset({3.0}), units=True)
+
+        def decide(self, stats: gclip.GradStats, idx: list[int],
+                   skip: torch.Tensor | None) -> gclip.ClipDecision:
+            return gclip.NoClip().decide(stats, idx, skip)
+
+    w = nn.Parameter(torch.ones(3))
+    hooks = gradguard.SGD([w], lr=0.1, clip=ThreeNorm())._hooks
+    assert hooks is not None and hooks.norm_types == (2.0, 3.0) and hooks.units
+    groups = [{"params": [w], "clip": gclip.Value(1.0)}]
+    hooks = gradguard.SGD(groups, lr=0.1, clip="agc:0.01")._hooks
+    assert hooks is not None and hooks.norm_types == (2.0, math.inf) and hooks.units
+
+
+def test_stat_needs_merge() -> None:
+    merged = gclip.StatNeeds.merge(p.needs for _, _, make in SPECS for p in [make()])
+    assert merged == gclip.StatNeeds(frozenset({2.0, math.inf}), True, True)
+    assert gclip.StatNeeds.merge([]) == gclip.StatNeeds()
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda: gclip.AutoClip(percentile=25, history=5),
+        lambda: gclip.AutoClip(percentile=50),
+        lambda: gclip.ZClip(alpha=0.8, z_thresh=1.0, warmup=3),
+    ],
+    ids=["auto_history", "auto", "zclip"],
+)
+@pytest.mark.parametrize("steps_before", [0, 6])
+def test_restored_snapshot_decides_exactly_as_before(
+    make: Callable[[], Any], steps_before: int
+) -> None:
+    params = [nn.Parameter(torch.zeros(4, 5)), nn.Parameter(torch.zeros(7))]
+
+    def step_grads(k: int) -> list[torch.Tensor]:
+        g = torch.Generator().manual_seed(100 + k)
+        scale = 20.0 if k % 5 == 3 else 1.0  # a spike now and then
+        return [torch.randn(p.shape, generator=g) * scale for p in params]
+
+    def decide(policy: Any, k: int, skip: bool = False) -> list[torch.Tensor]:
+        d = policy.decide(gclip.GradStats(params, step_grads(k)), [0, 1],
+                          torch.tensor(skip))
+        return [d.min_scale, d.binding, *[s for s in d.scales if s is not None],
+                torch.as_tensor(policy.last_threshold)]
+
+    policy = make()
+    for k in range(steps_before):
+        decide(policy, k, skip=k == 2)  # a skipped step among them
+    snap = policy.snapshot()
+    first = [decide(policy, k) for k in range(10, 22)]
+    for _ in range(2):  # one snapshot restores more than once
+        policy.restore(snap)
+        again = [decide(policy, k) for k in range(10, 22)]
+        for a, b in zip(first, again, strict=True):
+            for x, y in zip(a, b, strict=True):
+                assert torch.equal(x, y)
+    # the restore matters: going on from where the policy is now decides differently
+    later = [decide(policy, k) for k in range(10, 22)]
+    assert any(not torch.equal(x, y) for a, b in zip(first, later, strict=True)
+               for x, y in zip(a, b, strict=True))
+    assert policy.spec == make().spec

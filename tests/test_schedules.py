@@ -576,3 +576,35 @@ def test_parse_type_errors() -> None:
         parse("cosine", two_group_optimizer(), total_steps=0)
     with pytest.raises(ValueError, match="Invalid step"):
         lr_at("constant", -1)
+
+
+# VALID_FORMS as it was written before each schedule became one table entry (the CLI's
+# messages quote it): the string generated from the table must not change.
+OLD_VALID_FORMS = (
+    '"constant", "step:STEP_SIZE[:GAMMA]", "multistep:M1,M2,...[:GAMMA]", '
+    '"exp:RATE[:DECAY_STEPS][:staircase]", "inverse_time:RATE[:DECAY_STEPS][:staircase]", '
+    '"poly[:POWER][:end=LR]", "cosine[:end=LR]", "cosine_restarts:T0[:mult=M][:end=LR]", '
+    '"cyclic:MAX_LR:STEP_SIZE_UP[:mode=triangular|triangular2|exp_range][:gamma=G]", '
+    '"onecycle[:pct=P][:div=D][:final_div=F][:anneal=cos|linear]", '
+    '"plateau[:patience=N][:factor=F][:mode=min|max][:threshold=T][:cooldown=N][:min_lr=LR]", '
+    '"wsd[:DECAY][:warmup=N][:end=LR][:shape=linear|cosine|sqrt]", and '
+    '"warmup:N[:exp][:start=F]" alone or in front of any of them with "+" '
+    '(e.g. "warmup:500+cosine"); cosine, poly, onecycle and wsd need total_steps'
+)
+
+
+def test_valid_forms_generated_from_the_table_are_the_old_string() -> None:
+    assert VALID_FORMS == OLD_VALID_FORMS
+
+
+def test_every_schedule_in_the_table_is_built_and_tested() -> None:
+    """Each schedule is one entry of the spec table (usage, arguments, build function); every
+    one is run against its closed form in SPEC_TABLE or has its own test here."""
+    from gradguard.schedules._spec import _FORMS
+
+    own_tests = {"onecycle", "plateau"}  # test_spec_onecycle_is_torchs, ..._plateau_...
+    tested = {spec.split("+")[-1].split(":")[0].strip().lower() for spec, _, _ in SPEC_TABLE}
+    assert (tested - {"warmup"}) | own_tests == set(_FORMS)
+    for name, form in _FORMS.items():
+        assert form.build is not None and form.usage.startswith(name), name
+        assert f'"{form.usage}"' in VALID_FORMS

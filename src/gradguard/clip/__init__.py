@@ -4,20 +4,11 @@ Use a policy through an optimizer (``gradguard.Adam(params, clip="global_norm:1"
 clip is folded into the update, or alone on any parameters (``GlobalNorm(1.0).clip_(params)``).
 """
 
+from ._adaptive import AutoClip, ZClip
 from ._hooks import GradHooks
 from ._parse import VALID_FORMS, parse, resolve
-from ._policies import (
-    AGC,
-    AutoClip,
-    ClipDecision,
-    ClipPolicy,
-    GlobalNorm,
-    NoClip,
-    Norm,
-    Value,
-    ZClip,
-)
-from ._stats import GradStats, unitwise_norm
+from ._policies import AGC, ClipDecision, ClipPolicy, GlobalNorm, NoClip, Norm, Value
+from ._stats import GradStats, StatNeeds, unitwise_norm
 
 __all__ = [
     "AGC",
@@ -30,6 +21,7 @@ __all__ = [
     "GradStats",
     "NoClip",
     "Norm",
+    "StatNeeds",
     "Value",
     "ZClip",
     "parse",

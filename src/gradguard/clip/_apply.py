@@ -1,4 +1,5 @@
-"""Applying a clip decision to a gradient: the one definition of "apply the clip".
+"""The two operations every path of the step shares, each defined once: applying a clip
+decision to a gradient, and keeping a value unless the step is skipped.
 
 A decision is a scale (None, a 0-d tensor, or one value per unit for AGC) and an optional
 bound ``clamp``; applied, the gradient becomes ``clamp(g * scale, -clamp, clamp)``, in this
@@ -8,13 +9,21 @@ order, with the scale cast to the gradient's dtype. :func:`apply_clip` returns a
 path computes the same products with ``torch._foreach_*`` ops
 (:func:`gradguard.optim.backends.foreach.clipped_grads`), bit for bit.
 
+:func:`kept` is the skip: the new value, or the old one where ``skip`` (a bool tensor) is
+true, chosen on the device with ``torch.where`` (no host read; NaN in the new value is not
+kept). The optimizers' commit (:func:`gradguard.optim.backends.eager.commit`) and the stateful
+clip policies' history both go through it; the multi-tensor path does the same per list.
+
 >>> import torch
 >>> apply_clip(torch.tensor([3.0, -4.0]), torch.tensor(0.5), 1.0)
 tensor([ 1., -1.])
+>>> kept(torch.tensor(1.0), torch.tensor(float("nan")), torch.tensor(True))
+tensor(1.)
 """
 
 from __future__ import annotations
 
+import torch
 from torch import Tensor
 
 from ._dist import local
@@ -37,3 +46,8 @@ def apply_clip_(g: Tensor, scale: Tensor | None, clamp: float | None) -> None:
         part.mul_(scale.to(part.dtype))
     if clamp is not None:
         part.clamp_(-clamp, clamp)
+
+
+def kept(old: Tensor, new: Tensor, skip: Tensor | None) -> Tensor:
+    """``new``, or ``old`` where ``skip`` is true (``skip`` None: always ``new``)."""
+    return new if skip is None else torch.where(skip, old, new)

@@ -1,34 +1,29 @@
-"""Spec strings for clip policies: ``name[:first][:key=value...]``."""
+"""Spec strings for clip policies: ``name[:first][:key=value...]``.
+
+The grammar is the table of registered policies (:data:`gradguard.clip._policies.POLICIES`):
+each policy class declares its spec name, first argument, options, integer arguments and usage
+text, and :data:`VALID_FORMS` and :func:`parse` read them there.
+"""
 
 from __future__ import annotations
 
 import math
 from typing import Any
 
-from ._policies import AGC, AutoClip, ClipPolicy, GlobalNorm, NoClip, Norm, Value, ZClip
+from . import _adaptive  # noqa: F401  (defines, and so registers, AutoClip and ZClip)
+from ._policies import POLICIES, ClipPolicy
 
 # name -> (class, first positional argument, keyword arguments allowed after it)
 _FORMS: dict[str, tuple[type[ClipPolicy], str | None, tuple[str, ...]]] = {
-    "none": (NoClip, None, ()),
-    "value": (Value, "c", ()),
-    "norm": (Norm, "c", ("norm_type",)),
-    "global_norm": (GlobalNorm, "c", ("norm_type",)),
-    "agc": (AGC, "clipping", ("eps",)),
-    "auto": (AutoClip, "percentile", ("history",)),
-    "zclip": (ZClip, "z_thresh", ("alpha", "warmup", "max_norm", "eps")),
+    name: (cls, cls.spec_first, cls.spec_options) for name, cls in POLICIES.items()
 }
 
-VALID_FORMS = (
-    '"none", "value:C", "norm:C", "global_norm:C[:norm_type=P]", "agc:CLIPPING[:eps=E]", '
-    '"auto:PERCENTILE[:history=N]", "zclip:Z[:alpha=A][:warmup=N][:max_norm=M][:eps=E]"'
-)
-
-_INT_KEYS = {"history", "warmup"}
+VALID_FORMS = ", ".join(f'"{cls.spec_usage}"' for cls in POLICIES.values())
 
 
-def _number(key: str, text: str, spec: str) -> Any:
+def _number(cls: type[ClipPolicy], key: str, text: str, spec: str) -> Any:
     try:
-        if key in _INT_KEYS:
+        if key in cls.spec_ints:
             return int(text)
         return math.inf if text.lower() in ("inf", "infinity") else float(text)
     except ValueError:
@@ -61,7 +56,7 @@ def parse(spec: str) -> ClipPolicy:
         if not rest or "=" in rest[0] or rest[0] == "":
             raise ValueError(f"Invalid clip spec {spec!r}: {name} needs a value ({name}:X); "
                              f"valid forms: {VALID_FORMS}")
-        kwargs[first] = _number(first, rest[0], spec)
+        kwargs[first] = _number(cls, first, rest[0], spec)
         rest = rest[1:]
     for item in rest:
         key, sep, value = item.partition("=")
@@ -69,22 +64,23 @@ def parse(spec: str) -> ClipPolicy:
             allowed = ", ".join(keys) or "none"
             raise ValueError(f"Invalid clip spec {spec!r}: unexpected {item!r} (options for "
                              f"{name}: {allowed}); valid forms: {VALID_FORMS}")
-        kwargs[key] = _number(key, value, spec)
+        kwargs[key] = _number(cls, key, value, spec)
     return cls(**kwargs)
 
 
 def resolve(clip: ClipPolicy | str | None, argname: str = "clip") -> ClipPolicy | None:
-    """Accept a policy, a spec string or None; return a policy or None (no clipping)."""
+    """Accept a policy, a spec string or None; return a policy or None (no clipping: also for
+    a policy that never changes a gradient, such as :class:`NoClip`)."""
     if clip is None:
         return None
     if isinstance(clip, ClipPolicy):
-        return None if isinstance(clip, NoClip) else clip
+        return clip if clip.clips else None
     if isinstance(clip, str):
         try:
             policy = parse(clip)
         except ValueError as e:
             raise ValueError(f"Invalid {argname}: {e}") from None
-        return None if isinstance(policy, NoClip) else policy
+        return policy if policy.clips else None
     raise TypeError(
         f"Invalid {argname}: {clip!r}; expected a gradguard.clip policy, a spec string "
         f"({VALID_FORMS}) or None"

@@ -5,11 +5,19 @@ gradient tensor (a 0-d tensor, or one value per unit for AGC), or an elementwise
 :class:`Value`. The optimizer multiplies the gradient by the scale inside its update, so the
 gradients are never rewritten; :meth:`ClipPolicy.clip_` applies the same decision in place for
 use outside a gradguard optimizer. Nothing here reads a value on the host, and stateful
-policies (AutoClip, ZClip) keep their statistics as tensors on the gradients' device.
+policies (AutoClip, ZClip, in :mod:`gradguard.clip._adaptive`) keep their statistics as tensors
+on the gradients' device.
+
+Every policy declares what the rest of gradguard needs to know about it, so that no caller
+tests its type: its spec form (registered in :data:`POLICIES`, from which
+:mod:`gradguard.clip._parse` builds the grammar), the statistics it reads
+(:attr:`ClipPolicy.needs`) and the threshold it clips to (:attr:`ClipPolicy.threshold`).
 """
 
 from __future__ import annotations
 
+import copy
+import inspect
 import math
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -18,20 +26,19 @@ from typing import Any, ClassVar
 import torch
 from torch import Tensor
 
-from .._validation import check_nonneg, check_positive, check_unit_interval
-from ._dist import local
-from ._stats import GradStats
+from .._validation import check_nonneg, check_positive
+from ._apply import apply_clip_
+from ._stats import GradStats, StatNeeds
 
 __all__ = [
     "AGC",
-    "AutoClip",
+    "POLICIES",
     "ClipDecision",
     "ClipPolicy",
     "GlobalNorm",
     "NoClip",
     "Norm",
     "Value",
-    "ZClip",
 ]
 
 _EPS = 1e-6  # as in torch.nn.utils.clip_grad_norm_: scale = max_norm / (norm + 1e-6)
@@ -68,16 +75,78 @@ def _fmt(x: float | int | None) -> str:
     return repr(x)  # repr round-trips floats exactly
 
 
+POLICIES: dict[str, type[ClipPolicy]] = {}
+"""The policies of the spec grammar by spec name, in the order ``VALID_FORMS`` lists them: a
+subclass of :class:`ClipPolicy` that declares its ``spec_usage`` is added when it is defined."""
+
+
+def _defaults(cls: type[ClipPolicy]) -> dict[str, Any]:
+    """The default values of ``cls.__init__``'s arguments."""
+    params = inspect.signature(cls.__init__).parameters.values()
+    return {p.name: p.default for p in params if p.default is not inspect.Parameter.empty}
+
+
+def _register(cls: type[ClipPolicy]) -> None:
+    """Add ``cls`` to :data:`POLICIES`, checking that its spec form fits its ``__init__``."""
+    where = f"clip policy {cls.__name__}"
+    if not cls.name or cls.name != cls.name.lower() or ":" in cls.name:
+        raise TypeError(f"{where}: spec name {cls.name!r} must be a non-empty lower-case word")
+    if cls.name in POLICIES:
+        raise TypeError(f"{where}: spec name {cls.name!r} is taken by "
+                        f"{POLICIES[cls.name].__name__}")
+    args = ([cls.spec_first] if cls.spec_first is not None else []) + list(cls.spec_options)
+    params = inspect.signature(cls.__init__).parameters
+    unknown = [a for a in args if a not in params] + sorted(set(cls.spec_ints) - set(args))
+    if unknown:
+        raise TypeError(f"{where}: spec arguments {unknown} are not arguments of its __init__ "
+                        "named in spec_first or spec_options")
+    POLICIES[cls.name] = cls
+
+
 class ClipPolicy:
-    """Base class. Subclasses implement :meth:`decide` and, if stateful, the state methods."""
+    """Base class. Subclasses implement :meth:`decide` and, if stateful, the state methods.
+
+    A subclass says what its callers need to know, so that none tests its type: the
+    statistics it reads (:attr:`needs`), the threshold it clips to (:attr:`threshold`),
+    whether it keeps state (``stateful``) and whether it ever changes a gradient (``clips``;
+    :func:`gradguard.clip.resolve` turns a policy that does not into None). It joins the spec
+    grammar of :func:`gradguard.clip.parse` by declaring its form, and is then registered in
+    :data:`POLICIES` when it is defined:
+
+    - ``name``: the spec name;
+    - ``spec_usage``: its form as ``VALID_FORMS`` lists it (``"global_norm:C[:norm_type=P]"``);
+    - ``spec_first``: the ``__init__`` argument the value after the name sets (None: none);
+    - ``spec_options``: the ``key=value`` options allowed after it, named as in ``__init__``
+      and held in attributes of those names, in the order :attr:`spec` writes them;
+    - ``spec_ints``: those of the arguments that are integers (the others are floats).
+    """
 
     name: ClassVar[str] = ""
     stateful: ClassVar[bool] = False
+    clips: ClassVar[bool] = True
+    spec_usage: ClassVar[str] = ""
+    spec_first: ClassVar[str | None] = None
+    spec_options: ClassVar[tuple[str, ...]] = ()
+    spec_ints: ClassVar[frozenset[str]] = frozenset()
+    _spec_defaults: ClassVar[dict[str, Any]] = {}  # __init__'s defaults, for spec
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        cls._spec_defaults = _defaults(cls)
+        if "spec_usage" in cls.__dict__:
+            _register(cls)
 
     def decide(self, stats: GradStats, idx: list[int], skip: Tensor | None) -> ClipDecision:
         """The clipping for the gradients at ``idx``. A stateful policy updates its state here,
         unless ``skip`` (a bool tensor) is true: a skipped step leaves the state unchanged."""
         raise TypeError(f"{type(self).__name__} must define decide()")
+
+    # -- what it reads ----------------------------------------------------------------------
+    @property
+    def needs(self) -> StatNeeds:
+        """The statistics :meth:`decide` asks :class:`GradStats` for, so that the optimizer
+        measures them in backward and reduces them together (nothing, here)."""
+        return StatNeeds()
 
     # -- the threshold ------------------------------------------------------------------
     @property
@@ -98,8 +167,18 @@ class ClipPolicy:
 
     @property
     def spec(self) -> str:
-        """A spec string that :func:`gradguard.clip.parse` maps back to an equal policy."""
-        return self.name
+        """A spec string that :func:`gradguard.clip.parse` maps back to an equal policy: the
+        name, the value of ``spec_first``, then each of ``spec_options`` whose value is not
+        its default."""
+        parts = [self.name]
+        if self.spec_first is not None:
+            parts.append(_fmt(getattr(self, self.spec_first)))
+        defaults = self._spec_defaults
+        for key in self.spec_options:
+            value = getattr(self, key)
+            if key not in defaults or value != defaults[key]:
+                parts.append(f"{key}={_fmt(value)}")
+        return ":".join(parts)
 
     def __repr__(self) -> str:
         args = ", ".join(f"{k}={v!r}" for k, v in self._hparams().items())
@@ -123,6 +202,17 @@ class ClipPolicy:
         if state_dict:
             raise ValueError(f"{type(self).__name__} has no state, got keys {sorted(state_dict)}")
 
+    def snapshot(self) -> dict[str, Any]:
+        """A deep copy of everything this policy keeps between steps (its hyperparameters and
+        running statistics), for :meth:`restore`: the LR finder puts a policy back as it found
+        it."""
+        return copy.deepcopy(self.__dict__)
+
+    def restore(self, snapshot: dict[str, Any]) -> None:
+        """Put back what :meth:`snapshot` took (copies, so one snapshot restores many times)."""
+        self.__dict__.clear()
+        self.__dict__.update(copy.deepcopy(snapshot))
+
     # -- standalone use --------------------------------------------------------------------------
     @torch.no_grad()
     def clip_(self, parameters: Tensor | Iterable[Tensor]) -> Tensor:
@@ -142,11 +232,7 @@ class ClipPolicy:
         skip = ~torch.isfinite(total) if self.stateful else None
         decision = self.decide(stats, idx, skip)
         for g, s in zip(grads, decision.scales, strict=True):
-            part = local(g)  # a sharded gradient: scales are those of its local shard
-            if s is not None:
-                part.mul_(s.to(part.dtype))
-            if decision.clamp is not None:
-                part.clamp_(-decision.clamp, decision.clamp)
+            apply_clip_(g, s, decision.clamp)
         return total
 
 
@@ -154,6 +240,8 @@ class NoClip(ClipPolicy):
     """No clipping (spec ``"none"``)."""
 
     name = "none"
+    spec_usage = "none"
+    clips = False
 
     def decide(self, stats: GradStats, idx: list[int], skip: Tensor | None) -> ClipDecision:
         device = stats.grads[idx[0]].device if idx else None
@@ -172,6 +260,8 @@ class Value(ClipPolicy):
     """
 
     name = "value"
+    spec_usage = "value:C"
+    spec_first = "c"
 
     def __init__(self, c: float) -> None:
         check_positive("c", c, "clip value")
@@ -181,8 +271,8 @@ class Value(ClipPolicy):
         return {"c": self.c}
 
     @property
-    def spec(self) -> str:
-        return f"value:{_fmt(self.c)}"
+    def needs(self) -> StatNeeds:
+        return StatNeeds(frozenset({math.inf}))
 
     def decide(self, stats: GradStats, idx: list[int], skip: Tensor | None) -> ClipDecision:
         absmax = stats.total_norm(idx, math.inf)
@@ -193,6 +283,9 @@ class Value(ClipPolicy):
 
 class _NormPolicy(ClipPolicy):
     """Shared by Norm and GlobalNorm: a max norm ``c`` and a ``norm_type``."""
+
+    spec_first = "c"
+    spec_options = ("norm_type",)
 
     def __init__(self, c: float, norm_type: float = 2.0) -> None:
         check_positive("c", c, "max norm")
@@ -205,9 +298,8 @@ class _NormPolicy(ClipPolicy):
         return {"c": self.c, "norm_type": self.norm_type}
 
     @property
-    def spec(self) -> str:
-        extra = "" if self.norm_type == 2.0 else f":norm_type={_fmt(self.norm_type)}"
-        return f"{self.name}:{_fmt(self.c)}{extra}"
+    def needs(self) -> StatNeeds:
+        return StatNeeds(frozenset({self.norm_type}))
 
 
 class Norm(_NormPolicy):
@@ -217,6 +309,7 @@ class Norm(_NormPolicy):
     """
 
     name = "norm"
+    spec_usage = "norm:C"
 
     def decide(self, stats: GradStats, idx: list[int], skip: Tensor | None) -> ClipDecision:
         norms = stats.norms(self.norm_type)
@@ -239,6 +332,7 @@ class GlobalNorm(_NormPolicy):
     """
 
     name = "global_norm"
+    spec_usage = "global_norm:C[:norm_type=P]"
 
     @property
     def threshold(self) -> float | None:
@@ -263,6 +357,9 @@ class AGC(ClipPolicy):
     """
 
     name = "agc"
+    spec_usage = "agc:CLIPPING[:eps=E]"
+    spec_first = "clipping"
+    spec_options = ("eps",)
 
     def __init__(self, clipping: float = 0.01, eps: float = 1e-3) -> None:
         check_positive("clipping", clipping)
@@ -274,9 +371,8 @@ class AGC(ClipPolicy):
         return {"clipping": self.clipping, "eps": self.eps}
 
     @property
-    def spec(self) -> str:
-        extra = "" if self.eps == 1e-3 else f":eps={_fmt(self.eps)}"
-        return f"agc:{_fmt(self.clipping)}{extra}"
+    def needs(self) -> StatNeeds:
+        return StatNeeds(units=True, param_norms=True)
 
     def decide(self, stats: GradStats, idx: list[int], skip: Tensor | None) -> ClipDecision:
         scales: list[Tensor | None] = []
@@ -293,227 +389,3 @@ class AGC(ClipPolicy):
         min_scale = torch.stack(mins).min() if mins else torch.ones(())
         binding = torch.stack(over).any() if over else torch.zeros((), dtype=torch.bool)
         return ClipDecision(scales, None, min_scale, binding)
-
-
-def _commit(old: Tensor, new: Tensor, skip: Tensor | None) -> Tensor:
-    return new if skip is None else torch.where(skip, old, new)
-
-
-class _AdaptiveGlobal(ClipPolicy):
-    """A policy that clips the global norm to a threshold it adapts each step; the one it
-    used last is ``last_threshold`` (None before the first step)."""
-
-    last_threshold: Tensor | None = None
-
-    @property
-    def threshold(self) -> Tensor | None:
-        return self.last_threshold
-
-    @property
-    def has_threshold(self) -> bool:
-        return True
-
-
-class AutoClip(_AdaptiveGlobal):
-    r"""AutoClip (Seetharaman et al. 2020; spec ``"auto:PERCENTILE"``).
-
-    Each step appends the total gradient norm to a history (all steps, or the last
-    ``history``), then clips the global norm to the ``percentile``-th percentile of that history
-    (linear interpolation, as ``numpy.percentile``; the current norm included). The history lives
-    on the gradients' device and the percentile is computed there: no host read.
-
-    >>> policy = AutoClip(percentile=50)
-    >>> p = torch.nn.Parameter(torch.zeros(1))
-    >>> for n in [1.0, 3.0, 2.0]:
-    ...     p.grad = torch.tensor([n]); _ = policy.clip_([p])
-    >>> policy.last_threshold
-    tensor(2., dtype=torch.float64)
-    """
-
-    name = "auto"
-    stateful = True
-
-    def __init__(self, percentile: float = 10.0, history: int | None = None) -> None:
-        check_positive("percentile", percentile)
-        if percentile > 100:
-            raise ValueError(f"Invalid percentile: {percentile}; must be in (0, 100]")
-        if history is not None and (isinstance(history, bool) or not isinstance(history, int)
-                                    or history < 1):
-            raise ValueError(f"Invalid history: {history!r}; must be None or an integer >= 1")
-        self.percentile = float(percentile)
-        self.history = history
-        self._buf: Tensor | None = None
-        self._count: Tensor | None = None
-        self._calls = 0
-        self.last_threshold: Tensor | None = None
-
-    def _hparams(self) -> dict[str, Any]:
-        return {"percentile": self.percentile, "history": self.history}
-
-    @property
-    def spec(self) -> str:
-        extra = "" if self.history is None else f":history={self.history}"
-        return f"auto:{_fmt(self.percentile)}{extra}"
-
-    def _ensure(self, device: torch.device) -> tuple[Tensor, Tensor]:
-        if self._buf is None or self._count is None:
-            cap = self.history if self.history is not None else 64
-            self._buf = torch.full((cap,), math.inf, dtype=torch.float64, device=device)
-            self._count = torch.zeros((), dtype=torch.int64, device=device)
-        elif self._buf.device != device:
-            self._buf, self._count = self._buf.to(device), self._count.to(device)
-        if self.history is None and self._calls >= self._buf.numel():
-            pad = torch.full_like(self._buf, math.inf)
-            self._buf = torch.cat([self._buf, pad])
-        return self._buf, self._count
-
-    def decide(self, stats: GradStats, idx: list[int], skip: Tensor | None) -> ClipDecision:
-        norm = stats.total_norm(idx)
-        buf, count = self._ensure(norm.device)
-        cap = buf.numel()
-        pos = count % cap if self.history is not None else count
-        new_buf = buf.index_copy(0, pos.view(1), norm.to(buf.dtype).view(1))
-        n = torch.clamp(count + 1, max=cap)
-        ordered = torch.sort(new_buf).values
-        k = (self.percentile / 100.0) * (n - 1).to(torch.float64)
-        lo = torch.floor(k).to(torch.int64)
-        hi = torch.minimum(lo + 1, n - 1)
-        v_lo, v_hi = ordered[lo], ordered[hi]
-        threshold = v_lo + (k - lo.to(torch.float64)) * (v_hi - v_lo)
-        self._buf = _commit(buf, new_buf, skip)
-        self._count = _commit(count, count + 1, skip)
-        self._calls += 1
-        self.last_threshold = threshold
-        n = norm.to(torch.float64)
-        scale = _ratio_scale(threshold, n).to(norm.dtype)  # float64 gradients keep float64
-        return ClipDecision([scale] * len(idx), None, scale, n > threshold)
-
-    def state_dict(self) -> dict[str, Any]:
-        if self._buf is None or self._count is None:
-            return {}
-        return {"history_buffer": self._buf, "count": self._count}
-
-    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        if not state_dict:
-            self._buf = self._count = None
-            self._calls = 0
-            return
-        self._buf = state_dict["history_buffer"].clone()
-        self._count = state_dict["count"].clone()
-        # Unknown without a host read how much of the buffer is used: assume all of it.
-        self._calls = self._buf.numel()
-
-
-class ZClip(_AdaptiveGlobal):
-    r"""ZClip, z-score clipping of gradient-norm spikes (Kumar et al. 2025; spec ``"zclip:Z"``).
-
-    The first ``warmup`` norms initialise the running mean :math:`\mu` and variance
-    :math:`\sigma^2`. After that, with :math:`z = (n - \mu) / (\sigma + \epsilon)`:
-
-    .. math::
-        \tau = \begin{cases} \mu + \frac{z_{thres}^2}{z}\,\sigma & z > z_{thres} \\
-                              \infty & \text{otherwise} \end{cases}, \qquad
-        n' = \min(n, \tau), \qquad
-        \mu \leftarrow \alpha\mu + (1-\alpha) n', \quad
-        \sigma^2 \leftarrow \alpha\sigma^2 + (1-\alpha)(n' - \mu)^2
-
-    (the reciprocal rule of the authors' implementation; the variance update uses the new mean).
-    ``max_norm``, if given, caps :math:`\tau` at every step, warm-up included.
-    """
-
-    name = "zclip"
-    stateful = True
-
-    def __init__(
-        self,
-        alpha: float = 0.97,
-        z_thresh: float = 2.5,
-        warmup: int = 25,
-        max_norm: float | None = None,
-        eps: float = 1e-6,
-    ) -> None:
-        check_unit_interval("alpha", alpha)
-        check_positive("z_thresh", z_thresh)
-        if isinstance(warmup, bool) or not isinstance(warmup, int) or warmup < 1:
-            raise ValueError(f"Invalid warmup: {warmup!r}; must be an integer >= 1")
-        if max_norm is not None:
-            check_positive("max_norm", max_norm)
-        check_nonneg("eps", eps)
-        self.alpha = float(alpha)
-        self.z_thresh = float(z_thresh)
-        self.warmup = warmup
-        self.max_norm = None if max_norm is None else float(max_norm)
-        self.eps = float(eps)
-        self._state: dict[str, Tensor] = {}
-        self.last_threshold: Tensor | None = None
-
-    def _hparams(self) -> dict[str, Any]:
-        return {"alpha": self.alpha, "z_thresh": self.z_thresh, "warmup": self.warmup,
-                "max_norm": self.max_norm, "eps": self.eps}
-
-    @property
-    def spec(self) -> str:
-        parts = [f"zclip:{_fmt(self.z_thresh)}"]
-        if self.alpha != 0.97:
-            parts.append(f"alpha={_fmt(self.alpha)}")
-        if self.warmup != 25:
-            parts.append(f"warmup={self.warmup}")
-        if self.max_norm is not None:
-            parts.append(f"max_norm={_fmt(self.max_norm)}")
-        if self.eps != 1e-6:
-            parts.append(f"eps={_fmt(self.eps)}")
-        return ":".join(parts)
-
-    def _ensure(self, device: torch.device) -> dict[str, Tensor]:
-        if not self._state:
-            f64 = torch.float64
-            self._state = {
-                "count": torch.zeros((), dtype=torch.int64, device=device),
-                "warmup_norms": torch.zeros(self.warmup, dtype=f64, device=device),
-                "mean": torch.zeros((), dtype=f64, device=device),
-                "var": torch.zeros((), dtype=f64, device=device),
-            }
-        elif self._state["mean"].device != device:
-            self._state = {k: v.to(device) for k, v in self._state.items()}
-        return self._state
-
-    def decide(self, stats: GradStats, idx: list[int], skip: Tensor | None) -> ClipDecision:
-        norm = stats.total_norm(idx)
-        st = self._ensure(norm.device)
-        n = norm.to(torch.float64)
-        count, mean, var = st["count"], st["mean"], st["var"]
-        in_warmup = count < self.warmup
-        slot = torch.clamp(count, max=self.warmup - 1).view(1)
-        collected = torch.where(in_warmup, st["warmup_norms"].index_copy(0, slot, n.view(1)),
-                                st["warmup_norms"])
-        finishing = count == self.warmup - 1
-        init_mean = collected.mean()
-        init_var = ((collected - init_mean) ** 2).mean()
-
-        std = var.sqrt()
-        z = (n - mean) / (std + self.eps)
-        spike = z > self.z_thresh
-        adaptive = torch.where(spike, mean + (self.z_thresh**2 / z) * std, math.inf)
-        effective = torch.where(spike, adaptive, n)
-        run_mean = self.alpha * mean + (1 - self.alpha) * effective
-        run_var = self.alpha * var + (1 - self.alpha) * (effective - run_mean) ** 2
-
-        new_mean = torch.where(in_warmup, torch.where(finishing, init_mean, mean), run_mean)
-        new_var = torch.where(in_warmup, torch.where(finishing, init_var, var), run_var)
-        threshold = torch.where(in_warmup, math.inf, adaptive)
-        if self.max_norm is not None:
-            threshold = torch.clamp(threshold, max=self.max_norm)
-        new = {"count": count + 1, "warmup_norms": collected, "mean": new_mean, "var": new_var}
-        self._state = {k: _commit(st[k], v, skip) for k, v in new.items()}
-        self.last_threshold = threshold
-        # No threshold (warm-up, no spike): divide n by itself, which is 1 exactly, rather than
-        # inf by n, whose derivative (differentiable steps) is inf * 0 = NaN.
-        bounded = torch.where(torch.isinf(threshold), n + _EPS, threshold)
-        scale = _ratio_scale(bounded, n).to(norm.dtype)  # float64 gradients keep float64
-        return ClipDecision([scale] * len(idx), None, scale, n > threshold)
-
-    def state_dict(self) -> dict[str, Any]:
-        return dict(self._state)
-
-    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        self._state = {k: v.clone() for k, v in state_dict.items()}

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -87,6 +88,38 @@ def combine_norms(norms: list[Tensor], norm_type: float) -> Tensor:
     dtype = torch.float64 if any(n.dtype == torch.float64 for n in norms) else torch.float32
     stacked = torch.stack([n if n.dtype == dtype else n.to(dtype) for n in norms])
     return torch.linalg.vector_norm(stacked, norm_type)
+
+
+@dataclass(frozen=True)
+class StatNeeds:
+    """The statistics a clip policy will ask :class:`GradStats` for (its ``needs``), so that
+    the backward hooks measure them and a sharded step all-reduces them at once, without
+    anyone testing the policy's type.
+
+    ``norm_types``: per-tensor gradient norms of these orders (the 2-norm is measured in any
+    case: the guard and the step record need it); ``units``: unit-wise gradient norms
+    (:meth:`GradStats.unit_norms`); ``param_norms``: unit-wise parameter norms
+    (:meth:`GradStats.param_unit_norms`), which for sharded vectors ride in the all-reduce of
+    the gradient norms.
+
+    >>> StatNeeds.merge([StatNeeds(frozenset({math.inf})), StatNeeds(units=True)])
+    StatNeeds(norm_types=frozenset({inf}), units=True, param_norms=False)
+    """
+
+    norm_types: frozenset[float] = frozenset()
+    units: bool = False
+    param_norms: bool = False
+
+    @staticmethod
+    def merge(needs: Iterable[StatNeeds]) -> StatNeeds:
+        """Everything any of ``needs`` asks for."""
+        norm_types: set[float] = set()
+        units = param_norms = False
+        for n in needs:
+            norm_types |= n.norm_types
+            units = units or n.units
+            param_norms = param_norms or n.param_norms
+        return StatNeeds(frozenset(norm_types), units, param_norms)
 
 
 class GradStats:

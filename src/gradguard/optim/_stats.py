@@ -9,7 +9,7 @@ from typing import Any
 
 from torch import Tensor
 
-from ..clip import AGC, ClipPolicy, GlobalNorm, GradHooks, GradStats, Norm, Value
+from ..clip import ClipPolicy, GradHooks, GradStats, StatNeeds
 from ..clip._dist import is_dtensor
 
 
@@ -30,25 +30,18 @@ def gather(param_groups: list[dict[str, Any]]) -> tuple[list[Tensor], list[Tenso
 def make_hooks(policies: Iterable[ClipPolicy | None],
                param_groups: list[dict[str, Any]]) -> GradHooks:
     """Backward hooks on every parameter, measuring what the clip policies will ask for:
-    the 2-norm always (the guard and the record need it), the inf-norm for Value or an
-    inf-norm policy, unit-wise norms for AGC."""
-    policies = list(policies)
-    norm_types = {2.0}
-    for p in policies:
-        if isinstance(p, Value):
-            norm_types.add(float("inf"))
-        elif isinstance(p, Norm | GlobalNorm):
-            norm_types.add(p.norm_type)
-    units = any(isinstance(p, AGC) for p in policies)
+    the 2-norm always (the guard and the record need it), and what each policy declares in
+    its ``needs`` (other norm orders, unit-wise norms)."""
+    needs = StatNeeds.merge(p.needs for p in policies if p is not None)
     params = [p for g in param_groups for p in g["params"]]
-    return GradHooks(params, norm_types=norm_types, units=units)
+    return GradHooks(params, norm_types={2.0, *needs.norm_types}, units=needs.units)
 
 
 def measure(params: list[Tensor], grads: list[Tensor], hooks: GradHooks | None,
             multiplier: Tensor | None,
             buckets: Iterable[tuple[ClipPolicy, list[int]]]) -> GradStats:
-    """The step's statistics. Sharded gradients: AGC's vector parameter norms join the one
-    all-reduce of the norms."""
-    param_norms = [k for policy, idx in buckets if isinstance(policy, AGC)
+    """The step's statistics. Sharded gradients: the vector parameter norms a policy needs
+    (AGC's) join the one all-reduce of the norms."""
+    param_norms = [k for policy, idx in buckets if policy.needs.param_norms
                    for k in idx] if any(is_dtensor(g) for g in grads) else []
     return GradStats(params, grads, hooks, multiplier, param_norms)

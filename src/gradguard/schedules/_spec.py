@@ -3,6 +3,9 @@
 Arguments after the name are ``:``-separated: positional values in order, ``key=value``
 options and bare flags (``staircase``). Where torch has the schedule, the spec builds torch's
 scheduler; the rest build the classes of :mod:`gradguard.schedules`.
+
+Each schedule is one entry of the table ``_FORMS``: an ``@_schedule(usage, arguments...)``
+build function, from which :func:`parse` reads the grammar and :data:`VALID_FORMS` is written.
 """
 
 from __future__ import annotations
@@ -56,52 +59,160 @@ def _choice(*choices: str) -> _Conv:
     return conv
 
 
+_Build = Callable[[dict[str, Any], Optimizer, int | None], LRScheduler]
+
+
 @dataclass(frozen=True)
 class _Form:
+    """One spec form: its usage (as :data:`VALID_FORMS` lists it), its positional arguments
+    (name and converter, the first ``required`` of them required), ``key=value`` options,
+    bare flags, whether it needs ``total_steps``, and ``build``, which makes the scheduler from
+    the parsed arguments, the optimizer and the total steps it runs for."""
+
     usage: str
     positional: tuple[tuple[str, _Conv], ...] = ()
     required: int = 0
     options: dict[str, _Conv] = field(default_factory=dict)
     flags: tuple[str, ...] = ()
     needs_total: bool = False
+    build: _Build | None = None
 
 
-_FORMS: dict[str, _Form] = {
-    "constant": _Form("constant"),
-    "step": _Form("step:STEP_SIZE[:GAMMA]", (("step_size", _int), ("gamma", _float)), 1),
-    "multistep": _Form("multistep:M1,M2,...[:GAMMA]", (("milestones", _ints), ("gamma", _float)),
-                       1),
-    "exp": _Form("exp:RATE[:DECAY_STEPS][:staircase]",
-                 (("rate", _float), ("decay_steps", _float)), 1, flags=("staircase",)),
-    "inverse_time": _Form("inverse_time:RATE[:DECAY_STEPS][:staircase]",
-                          (("rate", _float), ("decay_steps", _float)), 1, flags=("staircase",)),
-    "poly": _Form("poly[:POWER][:end=LR]", (("power", _float),), 0, {"end": _float},
-                  needs_total=True),
-    "cosine": _Form("cosine[:end=LR]", options={"end": _float}, needs_total=True),
-    "cosine_restarts": _Form("cosine_restarts:T0[:mult=M][:end=LR]", (("t0", _int),), 1,
-                             {"mult": _int, "end": _float}),
-    "cyclic": _Form("cyclic:MAX_LR:STEP_SIZE_UP[:mode=triangular|triangular2|exp_range]"
-                    "[:gamma=G]", (("max_lr", _float), ("step_size_up", _int)), 2,
-                    {"mode": _choice("triangular", "triangular2", "exp_range"),
-                     "gamma": _float}),
-    "onecycle": _Form("onecycle[:pct=P][:div=D][:final_div=F][:anneal=cos|linear]",
-                      options={"pct": _float, "div": _float, "final_div": _float,
-                               "anneal": _choice("cos", "linear")}, needs_total=True),
-    "plateau": _Form("plateau[:patience=N][:factor=F][:mode=min|max][:threshold=T]"
-                     "[:cooldown=N][:min_lr=LR]",
-                     options={"patience": _int, "factor": _float, "mode": _choice("min", "max"),
-                              "threshold": _float, "cooldown": _int, "min_lr": _float}),
-    "wsd": _Form("wsd[:DECAY][:warmup=N][:end=LR][:shape=linear|cosine|sqrt]",
-                 (("decay", _fraction_or_steps),), 0,
-                 {"warmup": _int, "end": _float, "shape": _choice("linear", "cosine", "sqrt")},
-                 needs_total=True),
-}
+# name -> form, in the order VALID_FORMS lists them; each schedule is one @_schedule entry.
+_FORMS: dict[str, _Form] = {}
+
+
+def _schedule(usage: str, positional: tuple[tuple[str, _Conv], ...] = (), required: int = 0,
+              options: dict[str, _Conv] | None = None, flags: tuple[str, ...] = (),
+              needs_total: bool = False) -> Callable[[_Build], _Build]:
+    """Register the decorated build function as the schedule of form ``usage``, named by the
+    usage's first word."""
+    def register(build: _Build) -> _Build:
+        name = usage.split(":")[0].split("[")[0]
+        if name in _FORMS:
+            raise RuntimeError(f"schedule {name!r} registered twice")
+        _FORMS[name] = _Form(usage, positional, required, dict(options or {}), flags,
+                             needs_total, build)
+        return build
+    return register
+
+
+def _lrs(opt: Optimizer) -> list[float]:
+    return [float(g["lr"]) for g in opt.param_groups]
+
+
+@_schedule("constant")
+def _constant(a: dict[str, Any], opt: Optimizer, total: int | None) -> LRScheduler:
+    return tsched.ConstantLR(opt, factor=1.0, total_iters=0)
+
+
+@_schedule("step:STEP_SIZE[:GAMMA]", (("step_size", _int), ("gamma", _float)), 1)
+def _step(a: dict[str, Any], opt: Optimizer, total: int | None) -> LRScheduler:
+    return tsched.StepLR(opt, a["step_size"], a.get("gamma", 0.1))
+
+
+@_schedule("multistep:M1,M2,...[:GAMMA]", (("milestones", _ints), ("gamma", _float)), 1)
+def _multistep(a: dict[str, Any], opt: Optimizer, total: int | None) -> LRScheduler:
+    return tsched.MultiStepLR(opt, a["milestones"], a.get("gamma", 0.1))
+
+
+@_schedule("exp:RATE[:DECAY_STEPS][:staircase]", (("rate", _float), ("decay_steps", _float)), 1,
+           flags=("staircase",))
+def _exp(a: dict[str, Any], opt: Optimizer, total: int | None) -> LRScheduler:
+    steps, staircase = a.get("decay_steps", 1.0), a.get("staircase", False)
+    check_positive("decay_rate", a["rate"])
+    if steps == 1:  # torch has this one
+        return tsched.ExponentialLR(opt, a["rate"])
+    return ExponentialDecayLR(opt, a["rate"], steps, staircase)
+
+
+@_schedule("inverse_time:RATE[:DECAY_STEPS][:staircase]",
+           (("rate", _float), ("decay_steps", _float)), 1, flags=("staircase",))
+def _inverse_time(a: dict[str, Any], opt: Optimizer, total: int | None) -> LRScheduler:
+    return InverseTimeDecayLR(opt, a["rate"], a.get("decay_steps", 1.0),
+                              a.get("staircase", False))
+
+
+@_schedule("poly[:POWER][:end=LR]", (("power", _float),), 0, {"end": _float}, needs_total=True)
+def _poly(a: dict[str, Any], opt: Optimizer, total: int | None) -> LRScheduler:
+    assert total is not None
+    power, end = a.get("power", 1.0), a.get("end", 0.0)
+    if end == 0:
+        return tsched.PolynomialLR(opt, total_iters=total, power=power)
+    return PolynomialDecayLR(opt, total, end, power)
+
+
+@_schedule("cosine[:end=LR]", options={"end": _float}, needs_total=True)
+def _cosine(a: dict[str, Any], opt: Optimizer, total: int | None) -> LRScheduler:
+    assert total is not None
+    return tsched.CosineAnnealingLR(opt, T_max=total, eta_min=a.get("end", 0.0))
+
+
+@_schedule("cosine_restarts:T0[:mult=M][:end=LR]", (("t0", _int),), 1,
+           {"mult": _int, "end": _float})
+def _cosine_restarts(a: dict[str, Any], opt: Optimizer, total: int | None) -> LRScheduler:
+    return tsched.CosineAnnealingWarmRestarts(opt, a["t0"], T_mult=a.get("mult", 1),
+                                              eta_min=a.get("end", 0.0))
+
+
+@_schedule("cyclic:MAX_LR:STEP_SIZE_UP[:mode=triangular|triangular2|exp_range][:gamma=G]",
+           (("max_lr", _float), ("step_size_up", _int)), 2,
+           {"mode": _choice("triangular", "triangular2", "exp_range"), "gamma": _float})
+def _cyclic(a: dict[str, Any], opt: Optimizer, total: int | None) -> LRScheduler:
+    return tsched.CyclicLR(opt, base_lr=_lrs(opt), max_lr=a["max_lr"],
+                           step_size_up=a["step_size_up"], mode=a.get("mode", "triangular"),
+                           gamma=a.get("gamma", 1.0), cycle_momentum=False)
+
+
+@_schedule("onecycle[:pct=P][:div=D][:final_div=F][:anneal=cos|linear]",
+           options={"pct": _float, "div": _float, "final_div": _float,
+                    "anneal": _choice("cos", "linear")}, needs_total=True)
+def _onecycle(a: dict[str, Any], opt: Optimizer, total: int | None) -> LRScheduler:
+    assert total is not None
+    return tsched.OneCycleLR(opt, max_lr=_lrs(opt), total_steps=total,
+                             pct_start=a.get("pct", 0.3), anneal_strategy=a.get("anneal", "cos"),
+                             div_factor=a.get("div", 25.0),
+                             final_div_factor=a.get("final_div", 1e4), cycle_momentum=False)
+
+
+@_schedule("plateau[:patience=N][:factor=F][:mode=min|max][:threshold=T][:cooldown=N]"
+           "[:min_lr=LR]",
+           options={"patience": _int, "factor": _float, "mode": _choice("min", "max"),
+                    "threshold": _float, "cooldown": _int, "min_lr": _float})
+def _plateau(a: dict[str, Any], opt: Optimizer, total: int | None) -> LRScheduler:
+    return ReduceLROnPlateau(opt, mode=a.get("mode", "min"), factor=a.get("factor", 0.1),
+                             patience=a.get("patience", 10), threshold=a.get("threshold", 1e-4),
+                             cooldown=a.get("cooldown", 0), min_lr=a.get("min_lr", 0.0))
+
+
+@_schedule("wsd[:DECAY][:warmup=N][:end=LR][:shape=linear|cosine|sqrt]",
+           (("decay", _fraction_or_steps),), 0,
+           {"warmup": _int, "end": _float, "shape": _choice("linear", "cosine", "sqrt")},
+           needs_total=True)
+def _wsd(a: dict[str, Any], opt: Optimizer, total: int | None) -> LRScheduler:
+    assert total is not None
+    decay = a.get("decay")
+    if isinstance(decay, float):
+        decay = round(decay * total)
+    return WarmupStableDecayLR(opt, total, a.get("warmup", 0), decay, a.get("end", 0.0),
+                               a.get("shape", "linear"))
+
+
+# The warm-up is not a schedule of its own: parse() wraps the one after "+" in Warmup.
 _WARMUP = _Form("warmup:N[:exp][:start=F]", (("steps", _int),), 1, {"start": _float},
                 flags=("exp",))
 
+
+def _and(names: list[str]) -> str:
+    return names[0] if len(names) == 1 else f"{', '.join(names[:-1])} and {names[-1]}"
+
+
+# cosine, the common one, first; the others in table order.
+_NEED_TOTAL = sorted((n for n, f in _FORMS.items() if f.needs_total), key=lambda n: n != "cosine")
+
 VALID_FORMS = ", ".join(f'"{f.usage}"' for f in _FORMS.values()) + (
     f', and "{_WARMUP.usage}" alone or in front of any of them with "+" '
-    '(e.g. "warmup:500+cosine"); cosine, poly, onecycle and wsd need total_steps')
+    f'(e.g. "warmup:500+cosine"); {_and(_NEED_TOTAL)} need total_steps')
 
 
 def _fail(spec: str, why: str) -> ValueError:
@@ -136,58 +247,6 @@ def _split(spec: str, part: str, form: _Form, name: str) -> dict[str, Any]:
     if missing:
         raise _fail(spec, f"{name} needs {', '.join(missing)} (form {form.usage})")
     return args
-
-
-def _build(name: str, a: dict[str, Any], opt: Optimizer, total: int | None) -> LRScheduler:
-    lrs = [float(g["lr"]) for g in opt.param_groups]
-    if name == "constant":
-        return tsched.ConstantLR(opt, factor=1.0, total_iters=0)
-    if name == "step":
-        return tsched.StepLR(opt, a["step_size"], a.get("gamma", 0.1))
-    if name == "multistep":
-        return tsched.MultiStepLR(opt, a["milestones"], a.get("gamma", 0.1))
-    if name == "exp":
-        steps, staircase = a.get("decay_steps", 1.0), a.get("staircase", False)
-        check_positive("decay_rate", a["rate"])
-        if steps == 1:  # torch has this one
-            return tsched.ExponentialLR(opt, a["rate"])
-        return ExponentialDecayLR(opt, a["rate"], steps, staircase)
-    if name == "inverse_time":
-        return InverseTimeDecayLR(opt, a["rate"], a.get("decay_steps", 1.0),
-                                  a.get("staircase", False))
-    if name == "poly":
-        assert total is not None
-        power, end = a.get("power", 1.0), a.get("end", 0.0)
-        if end == 0:
-            return tsched.PolynomialLR(opt, total_iters=total, power=power)
-        return PolynomialDecayLR(opt, total, end, power)
-    if name == "cosine":
-        assert total is not None
-        return tsched.CosineAnnealingLR(opt, T_max=total, eta_min=a.get("end", 0.0))
-    if name == "cosine_restarts":
-        return tsched.CosineAnnealingWarmRestarts(opt, a["t0"], T_mult=a.get("mult", 1),
-                                                  eta_min=a.get("end", 0.0))
-    if name == "cyclic":
-        return tsched.CyclicLR(opt, base_lr=lrs, max_lr=a["max_lr"],
-                               step_size_up=a["step_size_up"], mode=a.get("mode", "triangular"),
-                               gamma=a.get("gamma", 1.0), cycle_momentum=False)
-    if name == "onecycle":
-        assert total is not None
-        return tsched.OneCycleLR(opt, max_lr=lrs, total_steps=total, pct_start=a.get("pct", 0.3),
-                                 anneal_strategy=a.get("anneal", "cos"),
-                                 div_factor=a.get("div", 25.0),
-                                 final_div_factor=a.get("final_div", 1e4), cycle_momentum=False)
-    if name == "plateau":
-        return ReduceLROnPlateau(opt, mode=a.get("mode", "min"), factor=a.get("factor", 0.1),
-                                 patience=a.get("patience", 10),
-                                 threshold=a.get("threshold", 1e-4),
-                                 cooldown=a.get("cooldown", 0), min_lr=a.get("min_lr", 0.0))
-    assert name == "wsd" and total is not None
-    decay = a.get("decay")
-    if isinstance(decay, float):
-        decay = round(decay * total)
-    return WarmupStableDecayLR(opt, total, a.get("warmup", 0), decay, a.get("end", 0.0),
-                               a.get("shape", "linear"))
 
 
 def parse(spec: str, optimizer: Optimizer, total_steps: int | None = None) -> LRScheduler:
@@ -258,8 +317,9 @@ def parse(spec: str, optimizer: Optimizer, total_steps: int | None = None) -> LR
                 if total < 1:
                     raise _fail(spec, f"total_steps ({total_steps}) must exceed the warm-up "
                                       f"({warmup['steps']}) for {name}")
+        assert form.build is not None
         try:
-            inner = _build(name, args, optimizer, total)
+            inner = form.build(args, optimizer, total)
         except (ValueError, TypeError) as e:
             raise _fail(spec, str(e)) from None
     if warmup is None:

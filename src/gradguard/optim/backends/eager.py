@@ -10,16 +10,13 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from ...clip._apply import apply_clip
+from ...clip._apply import apply_clip, kept
 from ...rules import Update
 
 
 def commit(dst: Tensor, new: Tensor, skip: Tensor | None) -> None:
     """Write ``new`` into ``dst``, or keep ``dst`` where ``skip`` is true (no host read)."""
-    if skip is None:
-        dst.copy_(new)
-    else:
-        dst.copy_(torch.where(skip, dst, new))
+    dst.copy_(kept(dst, new, skip))
 
 
 def update_tensors(
