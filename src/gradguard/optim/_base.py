@@ -27,6 +27,8 @@ from . import backends
 from ._core import GuardCore, GuardReadouts
 from ._extras import attach_extras, detach_extras, export_groups, restore_group_clips
 
+Params = Iterable[Any]
+
 # Group keys that are not hyperparameters of the update rule (lr is passed separately).
 _NOT_HPARAMS = frozenset({"params", "param_names", "clip", "initial_lr", "lr"})
 # 0-d state entries (steps, NAdam's momentum product): kept on the parameter's device.

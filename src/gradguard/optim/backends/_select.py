@@ -80,11 +80,14 @@ def select(backend: str, rule: Rule, group: Mapping[str, Any], params: list[Tens
     >>> import torch
     >>> from gradguard.rules import RULES
     >>> p = torch.zeros(3)
-    >>> select("auto", RULES["adam"], {"foreach": False}, [p], [p], [{}], [None], None)
+    >>> with torch.no_grad():
+    ...     select("auto", RULES["adam"], {"foreach": False}, [p], [p], [{}], [None], None)
     Choice(path='eager', prescaled=False, why='foreach=False: the per-tensor reference')
     """
-    if group.get("differentiable") or torch.is_grad_enabled():
-        return Choice("eager", why="differentiable: the reference, recorded by autograd")
+    if group.get("differentiable"):
+        return Choice("eager", why="differentiable=True: the reference, recorded by autograd")
+    if torch.is_grad_enabled():
+        return Choice("eager", why="autograd is recording the step: the reference")
     fused, flag = group.get("fused"), group.get("foreach")
     native_ok = True
     if fused:
