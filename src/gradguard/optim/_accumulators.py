@@ -18,6 +18,8 @@ from ._base import GuardedOptimizer, GuardOptions, Params, _scalar
 from ._registry import log_grid, register, variant
 from ._sparse import adagrad_sparse
 
+__all__ = ["Adadelta", "Adagrad", "RMSprop"]
+
 
 @register(variant("rmsprop", "RMSprop", lrs=log_grid(1e-5, 1e-2, 7), bench={"lr": 1e-3},
                   step_bytes=20 + 4))

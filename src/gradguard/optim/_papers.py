@@ -18,6 +18,8 @@ from ..rules import RULES
 from ._base import GuardedOptimizer, GuardOptions, Params
 from ._registry import log_grid, register, variant
 
+__all__ = ["LAMB", "LARS", "Lion"]
+
 
 @register(variant("lars", "LARS (momentum 0.9, trust coefficient 1e-3)",
                   lrs=log_grid(1e-2, 10.0, 7), bench={"lr": 0.1}, step_bytes=20 + 8 + 4,

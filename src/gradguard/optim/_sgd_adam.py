@@ -20,6 +20,8 @@ from ._registry import log_grid, register, variant
 from ._sparse import sgd_sparse
 from .backends import eager
 
+__all__ = ["SGD", "Adam", "AdamW", "Adamax", "NAdam"]
+
 
 @register(
     variant("sgd", "plain SGD", lrs=log_grid(1e-3, 1.0, 7),
