@@ -18,7 +18,8 @@ follows its single-tensor implementation, so trajectories agree to rounding.
 tensor([ 0.9500, -2.0500])
 
 Each optimizer's rule is one record, :class:`Rule`: ``init`` (a parameter's state before its
-first step) beside ``update``. :data:`RULES` holds them by name.
+first step) beside ``update``, declared where the update is written with the :func:`rule`
+decorator; :data:`RULES` holds them by name.
 
 >>> sorted(RULES["adam"].init(torch.zeros(2), {"amsgrad": False}))
 ['exp_avg', 'exp_avg_sq', 'step']
@@ -26,13 +27,13 @@ first step) beside ``update``. :data:`RULES` holds them by name.
 
 from __future__ import annotations
 
-from ._accumulators import adadelta, adadelta_init, adagrad, adagrad_init, rmsprop, rmsprop_init
-from ._adaptive import adam, adam_init, adamax, adamax_init, lamb, lamb_init, nadam, nadam_init
-from ._common import Init, Rule, Scalar, State, Update
+from ._accumulators import adadelta, adagrad, rmsprop
+from ._adaptive import adam, adamax, lamb, nadam
+from ._common import RULES, Init, Rule, Scalar, State, Update, rule
 from ._common import _coef as _coef  # (private helpers: the backends and tests use them)
 from ._common import _f64 as _f64
 from ._common import _materialize as _materialize
-from ._momentum import lars, lars_init, lion, lion_init, sgd, sgd_init
+from ._momentum import lars, lion, sgd
 
 __all__ = [
     "RULES",
@@ -50,19 +51,6 @@ __all__ = [
     "lion",
     "nadam",
     "rmsprop",
+    "rule",
     "sgd",
 ]
-
-RULES: dict[str, Rule] = {r.name: r for r in (
-    Rule("sgd", sgd_init, sgd, fresh_key="momentum_buffer"),
-    Rule("adam", adam_init, adam),
-    Rule("nadam", nadam_init, nadam),
-    Rule("adamax", adamax_init, adamax),
-    Rule("rmsprop", rmsprop_init, rmsprop),
-    Rule("adagrad", adagrad_init, adagrad),
-    Rule("adadelta", adadelta_init, adadelta),
-    Rule("lars", lars_init, lars),
-    Rule("lamb", lamb_init, lamb),
-    Rule("lion", lion_init, lion),
-)}
-"""Every rule by name."""

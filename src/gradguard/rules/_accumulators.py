@@ -8,7 +8,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from ._common import Scalar, State, _coef, _f64, _step, _zeros
+from ._common import Scalar, State, _coef, _f64, _step, _zeros, rule
 
 
 def rmsprop_init(p: Tensor, hp: Mapping[str, Any]) -> State:
@@ -20,6 +20,7 @@ def rmsprop_init(p: Tensor, hp: Mapping[str, Any]) -> State:
     return state
 
 
+@rule("rmsprop", rmsprop_init)
 def rmsprop(
     param: Tensor,
     grad: Tensor,
@@ -68,6 +69,7 @@ def adagrad_init(p: Tensor, hp: Mapping[str, Any]) -> State:
     return {"step": _step(p), "sum": torch.full_like(p, value, memory_format=torch.preserve_format)}
 
 
+@rule("adagrad", adagrad_init)
 def adagrad(
     param: Tensor,
     grad: Tensor,
@@ -100,6 +102,7 @@ def adadelta_init(p: Tensor, hp: Mapping[str, Any]) -> State:
     return {"step": _step(p), "square_avg": _zeros(p), "acc_delta": _zeros(p)}
 
 
+@rule("adadelta", adadelta_init)
 def adadelta(
     param: Tensor,
     grad: Tensor,

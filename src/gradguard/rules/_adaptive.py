@@ -8,7 +8,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from ._common import Scalar, State, _coef, _f64, _step, _trust, _zeros
+from ._common import Scalar, State, _coef, _f64, _step, _trust, _zeros, rule
 
 
 def adam_init(p: Tensor, hp: Mapping[str, Any]) -> State:
@@ -18,6 +18,7 @@ def adam_init(p: Tensor, hp: Mapping[str, Any]) -> State:
     return state
 
 
+@rule("adam", adam_init)
 def adam(
     param: Tensor,
     grad: Tensor,
@@ -71,6 +72,7 @@ def nadam_init(p: Tensor, hp: Mapping[str, Any]) -> State:
             "exp_avg": _zeros(p), "exp_avg_sq": _zeros(p)}
 
 
+@rule("nadam", nadam_init)
 def nadam(
     param: Tensor,
     grad: Tensor,
@@ -125,6 +127,7 @@ def adamax_init(p: Tensor, hp: Mapping[str, Any]) -> State:
     return {"step": _step(p), "exp_avg": _zeros(p), "exp_inf": _zeros(p)}
 
 
+@rule("adamax", adamax_init)
 def adamax(
     param: Tensor,
     grad: Tensor,
@@ -160,6 +163,7 @@ def lamb_init(p: Tensor, hp: Mapping[str, Any]) -> State:
     return {"step": _step(p), "exp_avg": _zeros(p), "exp_avg_sq": _zeros(p)}
 
 
+@rule("lamb", lamb_init)
 def lamb(
     param: Tensor,
     grad: Tensor,

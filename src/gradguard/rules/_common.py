@@ -80,3 +80,17 @@ class Rule:
     init: Init
     update: Update
     fresh_key: str | None = None
+
+
+RULES: dict[str, Rule] = {}
+"""Every rule by name (filled by :func:`rule`)."""
+
+
+def rule(name: str, init: Init, *, fresh_key: str | None = None) -> Callable[[Update], Update]:
+    """Declare ``update`` (the decorated function) with its ``init`` as the rule ``name``."""
+    def add(update: Update) -> Update:
+        if name in RULES:
+            raise ValueError(f"update rule {name!r} is declared twice")
+        RULES[name] = Rule(name, init, update, fresh_key)
+        return update
+    return add

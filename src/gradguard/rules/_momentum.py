@@ -8,13 +8,14 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from ._common import Scalar, State, _coef, _trust, _zeros
+from ._common import Scalar, State, _coef, _trust, _zeros, rule
 
 
 def sgd_init(p: Tensor, hp: Mapping[str, Any]) -> State:
     return {} if hp["momentum"] == 0 else {"momentum_buffer": _zeros(p)}
 
 
+@rule("sgd", sgd_init, fresh_key="momentum_buffer")
 def sgd(
     param: Tensor,
     grad: Tensor,
@@ -55,6 +56,7 @@ def lars_init(p: Tensor, hp: Mapping[str, Any]) -> State:
     return {"momentum_buffer": _zeros(p)}
 
 
+@rule("lars", lars_init)
 def lars(
     param: Tensor,
     grad: Tensor,
@@ -95,6 +97,7 @@ def lion_init(p: Tensor, hp: Mapping[str, Any]) -> State:
     return {"exp_avg": _zeros(p)}
 
 
+@rule("lion", lion_init)
 def lion(
     param: Tensor,
     grad: Tensor,
