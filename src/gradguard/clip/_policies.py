@@ -10,6 +10,7 @@ policies (AutoClip, ZClip) keep their statistics as tensors on the gradients' de
 
 from __future__ import annotations
 
+import copy
 import math
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -122,6 +123,17 @@ class ClipPolicy:
         """Restore :meth:`state_dict`."""
         if state_dict:
             raise ValueError(f"{type(self).__name__} has no state, got keys {sorted(state_dict)}")
+
+    def snapshot(self) -> dict[str, Any]:
+        """A deep copy of everything this policy keeps between steps (its hyperparameters and
+        running statistics), for :meth:`restore`: the LR finder puts a policy back as it found
+        it."""
+        return copy.deepcopy(self.__dict__)
+
+    def restore(self, snapshot: dict[str, Any]) -> None:
+        """Put back what :meth:`snapshot` took (copies, so one snapshot restores many times)."""
+        self.__dict__.clear()
+        self.__dict__.update(copy.deepcopy(snapshot))
 
     # -- standalone use --------------------------------------------------------------------------
     @torch.no_grad()
