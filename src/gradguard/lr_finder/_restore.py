@@ -1,15 +1,15 @@
 """The exact restore: :class:`_Snapshot` copies, before the sweep, everything the sweep
 changes (the model's parameters, buffers, gradients and train/eval modes; the optimizer's
-state_dict and the attributes its steps set; a gradguard optimizer's guard records and clip
-policies' bookkeeping; a scheduler; the torch, CUDA, numpy and ``random`` RNG states) and puts
-it all back afterwards.
+state_dict and the attributes its steps set; a gradguard optimizer's guard core and clip
+policies, through their own ``snapshot()``/``restore()``; a scheduler; the torch, CUDA, numpy
+and ``random`` RNG states) and puts it all back afterwards.
 """
 
 from __future__ import annotations
 
 import copy
 import random
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -18,6 +18,9 @@ from torch.optim import Optimizer
 from torch.optim.lr_scheduler import LRScheduler
 
 from ..clip import ClipPolicy
+
+if TYPE_CHECKING:
+    from ..optim._core import GuardCore
 
 # Attributes that the optimizer's own load_state_dict restores (replacing the objects).
 _LOADED_ATTRS = frozenset({"state", "param_groups", "_fresh"})
@@ -50,17 +53,15 @@ class _Snapshot:
             p.grad = g
         self.optimizer.load_state_dict(self.opt_state)
         if self.core is not None:
-            core, core_dict, policies = self.core
+            core, core_saved, policies = self.core
             for policy, saved in policies:
-                policy.__dict__.clear()
-                policy.__dict__.update(saved)
-            core.__dict__.clear()
-            core.__dict__.update(core_dict)
-        for obj, saved in self.attrs:  # what the steps set on the optimizer object itself
+                policy.restore(saved)
+            core.restore(core_saved)
+        for obj, saved_attrs in self.attrs:  # what the steps set on the optimizer object itself
             current = vars(obj)
-            for key in [k for k in current if k not in saved]:
+            for key in [k for k in current if k not in saved_attrs]:
                 delattr(obj, key)
-            for key, value in saved.items():
+            for key, value in saved_attrs.items():
                 if key not in _LOADED_ATTRS and current.get(key) is not value:
                     setattr(obj, key, value)
         if self.scheduler is not None and self.sched_state is not None:
@@ -78,21 +79,19 @@ def _optimizer_objects(optimizer: Optimizer) -> list[Any]:
     return [optimizer] if not isinstance(inner, Optimizer) else [optimizer, inner]
 
 
-def _core_snapshot(optimizer: Optimizer) -> Any:
-    """A copy of a gradguard optimizer's guard state beyond its state_dict (the last step
-    record, the host mirror of the skip count, clip policies' bookkeeping)."""
-    core = getattr(optimizer, "_core", None)
+def _core_snapshot(
+        optimizer: Optimizer,
+) -> tuple[GuardCore, dict[str, Any], list[tuple[ClipPolicy, dict[str, Any]]]] | None:
+    """A gradguard optimizer's guard state beyond its state_dict: the core's
+    :meth:`~gradguard.optim._core.GuardCore.snapshot` (the last step record, the counters, its
+    own clip policy's bookkeeping), and the :meth:`ClipPolicy.snapshot` of each param group's
+    own policy (the core restores nothing of those)."""
+    core: GuardCore | None = getattr(optimizer, "_core", None)
     if core is None:
         return None
     policies: list[ClipPolicy] = []
-    for p in [getattr(core, "clip", None), *(g.get("clip") for g in optimizer.param_groups)]:
-        if isinstance(p, ClipPolicy) and all(p is not q for q in policies):
+    for p in (g.get("clip") for g in optimizer.param_groups):
+        if (isinstance(p, ClipPolicy) and p is not core.clip
+                and all(p is not q for q in policies)):
             policies.append(p)
-    memo: dict[int, Any] = {id(p): p for p in policies}  # policies are restored in place
-    try:
-        core_dict = copy.deepcopy(vars(core), memo)
-    except Exception:  # e.g. a CUDA event in the host mirror: drop the mirror, it is a cache
-        core_dict = {k: copy.deepcopy(v, memo) for k, v in vars(core).items() if k != "_mirror"}
-        core_dict["_mirror"] = None
-    return core, core_dict, [(p, copy.deepcopy(vars(p))) for p in policies]
-
+    return core, core.snapshot(), [(p, p.snapshot()) for p in policies]
