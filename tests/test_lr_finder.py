@@ -216,6 +216,151 @@ def test_restored_when_the_sweep_raises() -> None:
 
 
 # --------------------------------------------------------------------------------------
+# snapshot()/restore() of the clip policies and of the guard core, which the restore uses
+# --------------------------------------------------------------------------------------
+
+
+def guarded_state(opt: torch.optim.Optimizer) -> dict[str, Any]:
+    """What a gradguard optimizer keeps besides its parameters' state, copied: the counters,
+    the last step, and every attribute of its clip policies (running statistics included)."""
+    core = opt._core  # type: ignore[attr-defined]
+    return copy.deepcopy({
+        "core": {k: v for k, v in vars(core).items()
+                 if k not in ("_mirror", "last_stats", "clip")},
+        "clip": vars(core.clip),
+        "group_clips": [vars(g["clip"]) for g in opt.param_groups if "clip" in g],
+    })
+
+
+def bump_tensors(tree: Any) -> None:
+    """Add 1 in place to every tensor in a nested dict/list/tuple (negate a bool one)."""
+    if isinstance(tree, torch.Tensor):
+        tree.logical_not_() if tree.dtype == torch.bool else tree.add_(1)
+    elif isinstance(tree, dict):
+        for v in tree.values():
+            bump_tensors(v)
+    elif isinstance(tree, list | tuple):
+        for v in tree:
+            bump_tensors(v)
+
+
+def train_zclip(model: nn.Module, opt: torch.optim.Optimizer, steps: int, *,
+                spike_at: int | None = None, nan_at: int | None = None,
+                offset: int = 0) -> None:
+    """``steps`` steps on DATA; at ``spike_at`` the inputs are scaled up 50x (a gradient spike
+    that ZClip clips), at ``nan_at`` one input is NaN (a step the guard skips)."""
+    for i in range(steps):
+        opt.zero_grad()
+        x, y = DATA[(i + offset) % len(DATA)]
+        if i == spike_at:
+            x = x * 50.0
+        if i == nan_at:
+            x = x.clone()
+            x[0, 0] = math.nan
+        F.mse_loss(model(x), y).backward()
+        opt.step()
+
+
+def test_zclip_adamw_with_history_is_restored_exactly() -> None:
+    """``gradguard.AdamW(clip="zclip:2.5")`` (and a param group with its own AutoClip) after 30
+    steps, one clipped and one skipped: the sweep (which clips, skips a NaN step and draws from
+    the RNG) changes the policies' running statistics and last thresholds, the counters, the
+    optimizer state and the torch RNG; after it, each is equal to what it was."""
+    torch.manual_seed(0)
+    model = nn.Linear(6, 3)
+    opt = gradguard.AdamW([{"params": [model.weight]},
+                           {"params": [model.bias], "clip": "auto:10"}],
+                          lr=1e-2, clip="zclip:2.5")
+    train_zclip(model, opt, 30, spike_at=29, nan_at=27)  # the last step clipped: a threshold
+    assert int(opt.clipped_steps) >= 1 and int(opt.skipped_steps) == 1
+    assert torch.isfinite(opt.clip.last_threshold)  # type: ignore[union-attr]
+    clip = opt.clip
+    seed_all()
+    before_guard = guarded_state(opt)
+    before_policy = copy.deepcopy(clip.state_dict())  # type: ignore[union-attr]
+    before_counters = copy.deepcopy((opt.clipped_steps, opt.skipped_steps,
+                                     opt._core.consecutive_skips, opt.last_step))
+    before_sd = copy.deepcopy(opt.state_dict())
+    before_model = copy.deepcopy(model.state_dict())
+    before_rng = torch.get_rng_state()
+
+    def loss_fn(out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        return F.mse_loss(out, y) + 0.0 * torch.rand(())  # the sweep draws from the RNG
+
+    result = find_lr(model, loss_fn, poisoned_data(12), opt, start_lr=1e-4, end_lr=10.0,
+                     num_steps=30)
+    assert result.stop_reason == "nonfinite" and len(result.losses) == 13
+
+    assert opt.clip is clip  # the same policy object, restored in place
+    assert_tree_equal(clip.state_dict(), before_policy)  # type: ignore[union-attr]
+    assert_tree_equal(guarded_state(opt), before_guard)
+    assert_tree_equal((opt.clipped_steps, opt.skipped_steps, opt._core.consecutive_skips,
+                       opt.last_step), before_counters)
+    assert_tree_equal(opt.state_dict(), before_sd)
+    assert_tree_equal(model.state_dict(), before_model)
+    assert torch.equal(torch.get_rng_state(), before_rng)
+
+
+@pytest.mark.parametrize("spec", ["zclip:2.5:warmup=3", "auto:10", "auto:25:history=4",
+                                  "global_norm:1", "agc:0.01"])
+def test_clip_policy_snapshot_restores_the_same_state_every_time(spec: str) -> None:
+    torch.manual_seed(0)
+    policy = gradguard.clip.parse(spec)
+    param = nn.Parameter(torch.randn(3, 4))
+
+    def decide(scale: float) -> torch.Tensor:
+        grad = torch.randn(3, 4) * scale
+        return policy.decide(gradguard.clip.GradStats([param], [grad]), [0], None).min_scale
+
+    for i in range(6):
+        decide(1.0 + i)
+    snap = policy.snapshot()
+    before = copy.deepcopy(vars(policy))
+    gen_state = torch.get_rng_state()
+    first = [decide(s) for s in (1.0, 30.0, 2.0)]  # changes the running statistics
+    policy.added_later = True  # type: ignore[attr-defined]  # an attribute the snapshot lacks
+    for _ in range(2):  # twice from the one snapshot: the same state, the same decisions
+        policy.restore(snap)
+        assert_tree_equal(vars(policy), before)  # added_later is gone too
+        bump_tensors(vars(policy))  # in place: the snapshot holds copies, not these
+        policy.restore(snap)
+        torch.set_rng_state(gen_state)
+        assert_tree_equal([decide(s) for s in (1.0, 30.0, 2.0)], first)
+    assert_tree_equal(snap, before)  # restoring copied: the snapshot itself is unchanged
+
+
+def test_guard_core_snapshot_restores_the_same_state_every_time() -> None:
+    """The core puts back its counters, last step and own policy (the same object, in place),
+    keeps ``last_stats`` as the reference it was, drops the host mirror, and leaves a param
+    group's own policy alone (the LR finder restores that one through the policy)."""
+    torch.manual_seed(0)
+    model = nn.Linear(6, 3)
+    opt = gradguard.AdamW([{"params": [model.weight]},
+                           {"params": [model.bias], "clip": "auto:10"}],
+                          lr=1e-2, clip="zclip:2.5:warmup=3")
+    train_zclip(model, opt, 8, spike_at=6, nan_at=7)
+    core = opt._core
+    clip, last_stats = core.clip, core.last_stats
+    assert last_stats is not None and core._mirror is not None
+    snap = core.snapshot()
+    before = guarded_state(opt)
+    for run in range(2):
+        train_zclip(model, opt, 5, spike_at=2, nan_at=3, offset=run)
+        after_steps = guarded_state(opt)
+        core.added_later = True  # type: ignore[attr-defined]  # removed by the restore
+        assert int(core.skipped_steps) > int(before["core"]["skipped_steps"])  # it changed
+        core.restore(snap)
+        assert core.clip is clip and core.last_stats is last_stats and core._mirror is None
+        restored = guarded_state(opt)
+        assert_tree_equal(restored["core"], before["core"])
+        assert_tree_equal(restored["clip"], before["clip"])
+        assert_tree_equal(restored["group_clips"], after_steps["group_clips"])  # not touched
+        # in place: the snapshot holds copies, not these (last_stats is the live parameters)
+        bump_tensors([vars(core.clip), *(v for k, v in vars(core).items()
+                                         if k not in ("last_stats", "_mirror"))])
+
+
+# --------------------------------------------------------------------------------------
 # The sweep and what it records, against values computed here
 # --------------------------------------------------------------------------------------
 

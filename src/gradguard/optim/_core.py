@@ -171,6 +171,38 @@ class GuardCore:
             if policy is not None:
                 policy.load_state_dict(sd)
 
+    # -- snapshot ---------------------------------------------------------------------------
+    def snapshot(self) -> dict[str, Any]:
+        """A deep copy of what this core keeps between steps (its settings, the counters,
+        ``last_step`` and the state of its own clip policy), for :meth:`restore`: the LR finder
+        puts an optimizer back as it found it. Not the host mirror, a cache rebuilt at the next
+        step, nor ``last_stats``, references to the last step's parameters, which is kept as
+        the reference it is (as ``__getstate__`` leaves both out). The param groups' own
+        policies are not in it: each offers its own :meth:`ClipPolicy.snapshot`."""
+        import copy
+
+        clip = self.clip
+        # The clip policy stays the same object (restored in place, below); one deepcopy of
+        # the rest keeps tensors shared between the counters shared.
+        memo: dict[int, Any] = {} if clip is None else {id(clip): clip}
+        state = dict(self.__dict__, _mirror=None, last_stats=None)
+        return {"core": copy.deepcopy(state, memo), "last_stats": self.last_stats,
+                "clip": None if clip is None else clip.snapshot()}
+
+    def restore(self, snapshot: dict[str, Any]) -> None:
+        """Put back what :meth:`snapshot` took (copies, so one snapshot restores many times),
+        its own clip policy in place; the host mirror is dropped, and the param groups'
+        policies are left alone."""
+        import copy
+
+        clip = snapshot["core"].get("clip")
+        memo: dict[int, Any] = {} if clip is None else {id(clip): clip}
+        self.__dict__.clear()
+        self.__dict__.update(copy.deepcopy(snapshot["core"], memo))
+        self.last_stats = snapshot["last_stats"]
+        if clip is not None and snapshot["clip"] is not None:
+            clip.restore(snapshot["clip"])
+
 
 class GuardReadouts:
     """The read-outs shared by gradguard's optimizers and :func:`gradguard.guard`'s wrapper."""
