@@ -23,35 +23,22 @@ from typing import Any, NoReturn, TypeVar
 from . import __version__, tasks
 from ._files import FolderBusy, folder_lock
 from .clip import VALID_FORMS as CLIP_FORMS
-from .compare._grid import (
-    DEFAULT_LRS,
-    OPTIMIZERS,
-    RunConfig,
-    canonical_clip,
-    check_schedule,
-    expand,
-    parse_lrs,
-    parse_names,
+from .compare._grid import OPTIMIZERS, RunConfig, canonical_clip
+from .compare._plan import (
+    HARD_LIMITS,
+    LIMITS,
+    MAIN_JOB,
+    TASK_DEFAULTS,
+    SweepPlan,
+    checked_pace,
+    duration,
+    plan_sweep,
 )
-from .compare._plan import HARD_LIMITS, LIMITS, Pace, duration, measure_pace
 from .lr_finder import RULES
 from .schedules import VALID_FORMS as SCHEDULE_FORMS
 
 __all__ = ["MAIN_JOB", "main"]
 
-# The main job: Adam with every kind of clipping, and four other classic optimizers with and
-# without global-norm clipping, on the deep tanh MLP of the digits task, 3 seeds each: 234 runs
-# of 800 steps, 3 to 4.5 minutes on 2 cores.
-MAIN_JOB: dict[str, Any] = {
-    "task": "digits",
-    "grids": [
-        (["adam"], ["none", "global_norm:1", "agc:0.05", "zclip:2.5", "auto:10"]),
-        (["sgd", "momentum", "adamw", "rmsprop"], ["none", "global_norm:1"]),
-    ],
-    "seeds": 3,
-}
-TASK_DEFAULTS: dict[str, Any] = {"optimizers": "adam,momentum", "clip": "none,global_norm:1",
-                                 "seeds": 2}
 EXIT_USAGE = 2
 EXIT_INTERRUPTED = 130
 
@@ -180,103 +167,21 @@ def _add_compare(sub: Any) -> None:
     p.set_defaults(func=_compare, parser=p)
 
 
-def _grid_args_given(args: argparse.Namespace) -> bool:
-    return any(getattr(args, k) is not None for k in ("task", "optimizers", "clip",
-                                                      "schedule", "seeds")) or args.lr != "auto"
-
-
-def _configs(ap: argparse.ArgumentParser, args: argparse.Namespace, task: tasks.Task,
-             task_spec: str) -> tuple[list[RunConfig], dict[str, Any]]:
-    steps = args.steps or task.steps
-    batch = args.batch_size or task.batch_size
-    every = min(args.eval_every or task.eval_every, steps)
-    for option, value, why in (("--steps", steps, "a record keeps numbers for every step"),
-                               ("--batch-size", batch, "one batch would not fit in memory")):
-        limit = HARD_LIMITS[option[2:].replace("-", "_")]
-        if value > limit:
-            ap.error(f"invalid {option} {value}: at most {limit:,} ({why})")
+def _compare(ap: argparse.ArgumentParser, args: argparse.Namespace) -> int:
+    task = _get_task(ap, args.task or MAIN_JOB["task"])
     try:
-        lrs = parse_lrs(args.lr)
+        plan = plan_sweep(args.task, optimizers=args.optimizers, clips=args.clip,
+                          schedules=args.schedule, lrs=args.lr, seeds=args.seeds,
+                          steps=args.steps, batch_size=args.batch_size,
+                          eval_every=args.eval_every, insist=args.insist)
     except ValueError as e:
         ap.error(str(e))
-    schedules = ["constant"]
-    if args.schedule:
-        schedules = [s.strip() for v in args.schedule for s in v.split(";") if s.strip()]
-        if not schedules:
-            ap.error(f"invalid --schedule {';'.join(args.schedule)!r}: no schedule spec; valid "
-                     f"forms: {SCHEDULE_FORMS}")
-    for spec in schedules:
-        try:
-            check_schedule(spec, steps)
-        except (ValueError, TypeError) as e:
-            ap.error(f"invalid --schedule {spec!r}: {e}")
-    if _grid_args_given(args):
-        try:
-            optimizers = parse_names(args.optimizers or TASK_DEFAULTS["optimizers"], OPTIMIZERS,
-                                     "--optimizers")
-        except ValueError as e:
-            ap.error(str(e))
-        grids = [(optimizers, (args.clip or TASK_DEFAULTS["clip"]).split(","))]
-        seeds = args.seeds or TASK_DEFAULTS["seeds"]
-    else:
-        grids = MAIN_JOB["grids"]
-        seeds = args.seeds or MAIN_JOB["seeds"]
-    configs: list[RunConfig] = []
-    all_clips: list[str] = []
-    parsed: list[tuple[list[str], list[str]]] = []
-    planned = 0
-    for optimizers, clip_texts in grids:
-        clips = []
-        for text in clip_texts:
-            if not text.strip():
-                continue
-            try:
-                clips.append(canonical_clip(text.strip()))
-            except (ValueError, TypeError) as e:
-                ap.error(f"invalid --clip {text.strip()!r}: {e}")
-        if not clips:
-            ap.error(f"invalid --clip {args.clip!r}: no clip spec; valid forms: {CLIP_FORMS}")
-        all_clips += [c for c in clips if c not in all_clips]
-        parsed.append((optimizers, clips))
-        for name in optimizers:  # counted before the grid is built: it may be astronomical
-            n_lrs = len(lrs) if lrs is not None else len(task.lrs.get(name, DEFAULT_LRS[name]))
-            planned += len(clips) * len(schedules) * n_lrs * seeds
-    if planned > HARD_LIMITS["runs"]:
-        ap.error(f"the grid plans {planned:,} runs, more than the {HARD_LIMITS['runs']:,} one "
-                 "sweep can hold (sweep.json lists every run), even with --insist; give "
-                 "fewer --seeds, learning rates, optimizers, clips or schedules, or split it")
-    if planned > LIMITS["runs"] and not args.insist:  # refused before the grid is built
-        ap.error(f"refusing a sweep this size: {planned:,} runs is more than "
-                 f"{LIMITS['runs']:,}. Give fewer seeds, learning rates or settings, or add "
-                 "--insist to run it anyway")
-    for optimizers, clips in parsed:
-        configs += expand(task_spec, optimizers, clips, schedules, lrs, seeds, steps, batch,
-                          every, task.lrs)
-    unique = list({c.run_id: c for c in configs}.values())
-    lr_table: dict[str, list[float]] = {}
-    for c in unique:
-        lr_table.setdefault(c.optimizer, [])
-        if c.lr not in lr_table[c.optimizer]:
-            lr_table[c.optimizer].append(c.lr)
-    meta = {
-        "grid": {"optimizers": list(lr_table), "clips": all_clips, "schedules": schedules,
-                 "lrs": lr_table, "seeds": seeds, "steps": steps, "batch_size": batch,
-                 "eval_every": every},
-        "total_runs": len(unique),
-    }
-    return unique, meta
-
-
-def _compare(ap: argparse.ArgumentParser, args: argparse.Namespace) -> int:
-    task_name = args.task or MAIN_JOB["task"]
-    task = _get_task(ap, task_name)
-    configs, meta = _configs(ap, args, task, task_name)
-    default_out = Path("gradguard-runs") / (task.name if _grid_args_given(args) else "main")
+    default_out = Path("gradguard-runs") / ("main" if plan.main_job else task.name)
     out = _writable_dir(ap, args.out or default_out, "--out")
     command = "gradguard " + shlex.join(args.argv)
     try:
         with folder_lock(out, command):
-            return _compare_in(ap, args, task, configs, meta, out)
+            return _compare_in(ap, args, task, plan, out)
     except FolderBusy as e:
         ap.error(f"--out {str(out)!r} is in use: {_holder(e)}. Wait for it to end (then this "
                  "command reuses its finished runs), or choose another --out")
@@ -290,27 +195,34 @@ def _holder(e: FolderBusy) -> str:
 
 
 def _compare_in(ap: argparse.ArgumentParser, args: argparse.Namespace, task: tasks.Task,
-                configs: list[RunConfig], meta: dict[str, Any], out: Path) -> int:
+                plan: SweepPlan, out: Path) -> int:
     """The sweep, once ``out`` is this process's alone."""
     from .compare._report import write_report
     from .compare._run import write_json
     from .compare._sweep import load_records, run_sweep, scan_records
 
-    meta.update({
+    configs = plan.configs
+    meta = {
+        "grid": plan.grid,
+        "total_runs": len(configs),
         "task": task.info(),
         "command": "gradguard " + shlex.join(args.argv),
         "created": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
         "configs": [c.as_dict() for c in configs],
         "version": __version__,
-    })
+    }
     workers = args.workers or os.cpu_count() or 1
     print(f"gradguard compare: task {task.name} — {len(configs)} runs "
-          f"({len(meta['grid']['optimizers'])} optimizers, {len(meta['grid']['clips'])} clip "
-          f"settings, {len(meta['grid']['schedules'])} schedules, {meta['grid']['seeds']} "
-          f"seeds), {meta['grid']['steps']} steps each, {workers} workers -> {out}",
-          file=sys.stderr)
+          f"({len(plan.optimizers)} optimizers, {len(plan.clips)} clip settings, "
+          f"{len(plan.schedules)} schedules, {plan.seeds} seeds), {plan.steps} steps each, "
+          f"{workers} workers -> {out}", file=sys.stderr)
     scanned = None if args.fresh else scan_records(out, configs)
-    _plan_sweep(ap, args, task, configs, workers, scanned)
+    try:
+        estimate = plan.estimate(workers, () if scanned is None else scanned[0])
+        print(estimate.describe(), file=sys.stderr)
+        estimate.check(args.insist)
+    except ValueError as e:
+        ap.error(str(e))
     try:
         write_json(out / "sweep.json", meta)
     except OSError as e:
@@ -354,46 +266,6 @@ def _named(rejected: Sequence[tuple[Path, str]], shown: int = 5) -> str:
     """``file (what is wrong)`` for the first few rejected records."""
     text = "; ".join(f"{path.name} ({problem})" for path, problem in rejected[:shown])
     return text + (f"; and {len(rejected) - shown} more" if len(rejected) > shown else "")
-
-
-def _pace(ap: argparse.ArgumentParser, task: tasks.Task, optimizer: str, lr: float, clip: str,
-          batch_size: int) -> Pace:
-    """The measured pace of ``task``'s step, or exit 2 when the step fails outright (a batch
-    too large for memory, a model that does not build)."""
-    try:
-        return measure_pace(task, optimizer, lr, clip, batch_size)
-    except (RuntimeError, MemoryError, ValueError, TypeError) as e:
-        first = str(e).splitlines()[0] if str(e) else ""
-        ap.error(f"a training step of task {task.name} ({optimizer}, batch size {batch_size}) "
-                 f"fails here: {type(e).__name__}: {first}")
-
-
-def _plan_sweep(ap: argparse.ArgumentParser, args: argparse.Namespace, task: tasks.Task,
-                configs: list[RunConfig], workers: int,
-                scanned: tuple[dict[str, Any], Any] | None) -> None:
-    """Say what the sweep will train and how long that takes at the pace measured here; exit
-    2 when a step of the task fails outright, or when the sweep is past :data:`LIMITS` and
-    the user did not ``--insist``."""
-    saved = set() if scanned is None else set(scanned[0])
-    todo = [c for c in configs if c.run_id not in saved]
-    first = configs[0]
-    pace = _pace(ap, task, first.optimizer, first.lr, first.clip, first.batch_size)
-    cores = min(workers, os.cpu_count() or 1, max(len(todo), 1))
-    seconds = sum(pace.run_seconds(c.steps, c.eval_every) for c in todo) / cores
-    print(f"plan: {len(todo)} runs to train ({len(saved)} already saved), about "
-          f"{duration(seconds)} on {cores} core{'s' if cores > 1 else ''} at the pace measured "
-          f"here ({pace.step * 1e3:.3g} ms a step, {pace.evaluation * 1e3:.3g} ms an "
-          "evaluation)", file=sys.stderr)
-    # (more than LIMITS["runs"] runs was refused before the grid was built)
-    too_long = seconds > LIMITS["seconds"]
-    too_wide = workers > 4 * (os.cpu_count() or 1)
-    if (too_long or too_wide) and not args.insist:
-        why = "; ".join(w for w, bad in (
-            (f"about {duration(seconds)} is more than {duration(LIMITS['seconds'])}", too_long),
-            (f"--workers {workers} is more than 4 per core ({os.cpu_count()} cores)",
-             too_wide)) if bad)
-        ap.error(f"refusing a sweep this size: {why}. Give fewer seeds, learning rates, "
-                 "settings or steps, or add --insist to run it anyway")
 
 
 def _print_summary(paths: dict[str, Any]) -> None:
@@ -511,7 +383,10 @@ def _lr_find(ap: argparse.ArgumentParser, args: argparse.Namespace) -> int:
                  f"{args.end_lr:g}")
     out = _writable_dir(ap, args.out or Path("gradguard-runs")
                         / f"lr-find-{task.name}-{args.optimizer}", "--out")
-    pace = _pace(ap, task, args.optimizer, args.start_lr, clip, task.batch_size)
+    try:
+        pace = checked_pace(task, args.optimizer, args.start_lr, clip, task.batch_size)
+    except ValueError as e:
+        ap.error(str(e))
     seconds = args.steps * pace.step
     print(f"plan: {args.steps} steps, about {duration(seconds)} at the pace measured here "
           f"({pace.step * 1e3:.3g} ms a step)", file=sys.stderr)
