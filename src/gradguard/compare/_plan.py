@@ -182,10 +182,11 @@ class SweepPlan:
     """What a sweep runs (made by :func:`plan_sweep`): its :class:`RunConfig` list, each run
     once, in the order they are trained, and the grid they come from.
 
-    ``optimizers``, ``clips`` and ``schedules`` are as given, deduplicated and written the way
-    gradguard writes them (``global_norm:1`` is ``global_norm:1.0``); ``lrs`` is each
-    optimizer's learning rates; ``eval_every`` is at most ``steps``. ``main_job`` says the
-    plan is :data:`MAIN_JOB` (nothing of the grid was given)."""
+    ``optimizers`` and ``clips`` are as given, each once, written the way gradguard writes
+    them (``global_norm:1`` is ``global_norm:1.0``); ``schedules`` are as given (a schedule
+    given twice is listed twice, its runs planned once); ``lrs`` is each optimizer's learning
+    rates; ``eval_every`` is at most ``steps``. ``main_job`` says the plan is
+    :data:`MAIN_JOB` (nothing of the grid was given)."""
 
     task: str
     configs: tuple[RunConfig, ...]
@@ -234,7 +235,11 @@ def _joined(value: str | Sequence[str], sep: str, option: str) -> str:
     """``value`` as the command line gives it: one string, its items separated by ``sep``."""
     if isinstance(value, str):
         return value
-    items = list(value)
+    items: list[Any]
+    try:
+        items = list(value)
+    except TypeError:  # not a list at all
+        items = [value]
     if not all(isinstance(v, str) for v in items):
         raise ValueError(f"invalid {option} {value!r}: must be a string or a list of strings")
     return sep.join(items)
@@ -249,7 +254,10 @@ def _count(value: int | None, option: str) -> None:
 def _lr_grid(lrs: str | Sequence[float] | None) -> tuple[float, ...] | None:
     if lrs is None or isinstance(lrs, str):
         return parse_lrs("auto" if lrs is None else lrs)
-    values = list(lrs)
+    try:
+        values = list(lrs)
+    except TypeError:  # a number, say, not a list of them
+        values = []
     if not values or len(values) > MAX_LRS or not all(
             isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v)
             and v > 0 for v in values):
@@ -302,6 +310,8 @@ def plan_sweep(task: str | None = None, *, optimizers: str | Sequence[str] | Non
     main_job = (task is None and optimizers is None and clips is None and schedules is None
                 and seeds is None and lrs in (None, "auto"))
     spec = MAIN_JOB["task"] if task is None else task
+    if not isinstance(spec, str):
+        raise ValueError(f"invalid --task {spec!r}: must be a task's name or module:function")
     the_task = tasks.get(spec)
     steps = steps or the_task.steps
     batch = batch_size or the_task.batch_size
@@ -314,11 +324,11 @@ def plan_sweep(task: str | None = None, *, optimizers: str | Sequence[str] | Non
     lr_grid = _lr_grid(lrs)
     scheds = ["constant"]
     if schedules is not None:
-        given = _joined(schedules, ";", "--schedule").split(";")
-        scheds = [s.strip() for v in given for s in v.split(";") if s.strip()]
+        text = _joined(schedules, ";", "--schedule")
+        scheds = [s.strip() for s in text.split(";") if s.strip()]
         if not scheds:
-            raise ValueError(f"invalid --schedule {';'.join(given)!r}: no schedule spec; "
-                             f"valid forms: {SCHEDULE_FORMS}")
+            raise ValueError(f"invalid --schedule {text!r}: no schedule spec; valid forms: "
+                             f"{SCHEDULE_FORMS}")
     for sched in scheds:
         try:
             check_schedule(sched, steps)
@@ -335,7 +345,6 @@ def plan_sweep(task: str | None = None, *, optimizers: str | Sequence[str] | Non
         grids = [(names, _joined(TASK_DEFAULTS["clip"] if clips is None else clips, ",",
                                  "--clip"))]
         seeds = seeds or TASK_DEFAULTS["seeds"]
-    assert seeds is not None
     return _build(spec, the_task, grids, scheds, lr_grid, seeds, steps, batch, every, insist,
                   main_job)
 
