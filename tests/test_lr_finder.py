@@ -984,6 +984,9 @@ def test_digits_suggestion_is_competitive_with_a_grid_search() -> None:
 
 @settings(max_examples=60, deadline=None)
 @example(seed=967111, level=1.0, noise=0.125, beta=0.0)  # fired at step 10 before the fix
+@example(seed=887779, level=1.0, noise=0.1875, beta=0.0)  # learned by chance, lost at 250
+@example(seed=3823556427, level=0.06588631192566695, noise=0.19931981294648993, beta=0.0)
+@example(seed=3003006223, level=0.755319727108041, noise=0.19607952136428003, beta=0.0)
 @given(seed=st.integers(0, 2**32 - 1), level=st.floats(0.01, 100.0),
        noise=st.floats(0.0, 0.2), beta=st.sampled_from([0.0, 0.6, 0.9, 0.98]))
 def test_noise_on_a_flat_loss_is_never_divergence(seed: int, level: float, noise: float,

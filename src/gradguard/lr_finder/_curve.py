@@ -19,14 +19,18 @@ MINIMUM_DIVISOR = 10.0
 #: the minimum rule gives nothing when the minimum is in this first fraction of the sweep
 MINIMUM_START = 0.1
 #: "back above its start": once the trend (a debiased EMA of beta TREND_BETA over the raw
-#: medians) has come LEARNED below its value at step 5, a curve more than RISE above its own
+#: medians) has come LEARNED below its value at step 15, a curve more than RISE above its own
 #: value at step 5 has diverged (fractions of the value at step 5)
 TREND_BETA = 0.9
 LEARNED = 0.25
 RISE = 0.1
-#: ... and by more than NOISE_SIGMAS times the batch noise of the raw medians (their spread
-#: about the trend): a flat loss with that much noise drifts that far by chance
-NOISE_SIGMAS = 4.0
+#: ... and by more than NOISE_SIGMAS times the batch noise (the loss's standard deviation
+#: from one step to the next): on a flat loss the trend drifts that far by chance (none of
+#: 40,000 flat 300-step sweeps at 15-20% noise did, against 12 of 20,000 before;
+#: benchmarks/flat_noise.py)
+NOISE_SIGMAS = 3.0
+#: the memory of that noise estimate (steps ~ 1 / (1 - beta))
+JITTER_BETA = 0.98
 VALLEY_POSITION = 0.5
 VALLEY_MIN_DROP = 0.05
 
@@ -54,24 +58,28 @@ class _EMA:
 
 
 class _DivergenceMonitor:
-    """The online divergence test of the sweep, on the raw loss and on the smoothed loss.
+    r"""The online divergence test of the sweep, on the raw loss and on the smoothed loss.
 
     Each finite loss updates ``raw``, the causal median of the last 5 losses (spikes of up to
     2 steps do not count), ``smoothed``, the debiased EMA of ``raw`` (beta ``smooth``), and
     ``trend``, the same with beta ``TREND_BETA`` whatever ``smooth`` is. Either curve has
     diverged when it exceeds ``k`` times its best value so far (:math:`v > b + (k-1)|b|`), or
     when it is more than ``RISE`` above its value at step 5 once the trend has come
-    ``LEARNED`` below its own, and by more than ``NOISE_SIGMAS`` times the noise of the raw
-    medians (1.25 times their mean absolute deviation from the trend): the model lost what
-    it learned. The raw test sees a blow-up
-    that the smoothed curve, lagging about 1/(1 - beta) steps, has not caught up with by the
-    end of the sweep; the trend, not the raw loss, says whether anything was learned, so that
-    batch noise on a flat loss is never read as learning and then losing it."""
+    ``LEARNED`` below its own (taken at step 15, once it is a trend) and by more than
+    ``NOISE_SIGMAS`` times the batch noise (:math:`1.25/\sqrt2` times the mean absolute change
+    of the loss from one step to the next): the model lost what it learned. Best values count
+    from step 5, when the median has 5 losses (the lower median of fewer is their minimum: one
+    low batch made a best that ordinary noise then exceeded 4 times over). The raw test sees
+    a blow-up that the smoothed curve, lagging about 1/(1 - beta) steps, has not caught up
+    with by the end of the sweep; the trend, not the raw loss, says whether anything was
+    learned, so that batch noise on a flat loss is never read as learning and then losing
+    it."""
 
     def __init__(self, beta: float, threshold: float) -> None:
         self.ema = _EMA(beta)
         self.trend = _EMA(TREND_BETA)
-        self.spread = _EMA(TREND_BETA)  # mean absolute deviation of raw from the trend
+        self.jitter = _EMA(JITTER_BETA)  # mean absolute change from one loss to the next
+        self.last: float | None = None
         self.threshold = threshold
         self.window: list[float] = []
         self.seen = 0
@@ -91,9 +99,15 @@ class _DivergenceMonitor:
         now = {"raw": raw, "smoothed": self.ema.update(raw), "trend": self.trend.update(raw)}
         if self.seen == MEDIAN_WINDOW:
             self.start = dict(now)
-        if self.seen >= MEDIAN_WINDOW + round(1 / (1 - TREND_BETA)):  # a trend, not a start
+        if self.seen == MEDIAN_WINDOW + round(1 / (1 - TREND_BETA)):  # a trend, not a start
+            self.start["trend"] = now["trend"]
+        if self.seen >= MEDIAN_WINDOW + round(1 / (1 - TREND_BETA)):
             self.best["trend"] = min(self.best["trend"], now["trend"])
-        noise = 1.25 * self.spread.update(abs(raw - now["trend"]))
+        if self.last is not None:  # the batch noise: sigma ~ 1.25 * mean |change| / sqrt(2)
+            self.jitter.update(abs(loss - self.last))
+        self.last = loss
+        noise = 1.25 * self.jitter.mean / (1.0 - self.jitter.beta ** max(self.jitter.count, 1))
+        noise /= math.sqrt(2.0)
         drop = max(LEARNED * abs(self.start["trend"]), NOISE_SIGMAS * noise) if self.start else 0
         learned = bool(self.start) and self.best["trend"] <= self.start["trend"] - drop
         words = {"raw": "loss (median of the last 5 steps)", "smoothed": "smoothed loss"}
@@ -107,7 +121,8 @@ class _DivergenceMonitor:
                                f"value {self.start[key]:.4g}")
             if self.reason:
                 return True
-            self.best[key] = min(best, value)
+            if self.seen >= MEDIAN_WINDOW:
+                self.best[key] = min(best, value)
         return False
 
 
