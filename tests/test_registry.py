@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import inspect
+from typing import Any
 
 import pytest
 import torch
@@ -78,3 +79,41 @@ def test_guard_options_reach_the_core(name: str) -> None:
     assert opt.backend == "eager" and opt.measure_in_backward is False
     with pytest.raises(TypeError, match="unexpected keyword argument 'clipp'"):
         getattr(gradguard, name)([p], clipp="global_norm:1")
+
+
+def _step_calls(opt: torch.optim.Optimizer, params: list[torch.nn.Parameter]) -> list[str]:
+    """The gradguard modules whose functions run during one step (comprehensions aside)."""
+    import os
+    import sys
+
+    root = os.path.dirname(gradguard.__file__)
+    for p in params:
+        p.grad = torch.ones_like(p)
+    seen: list[str] = []
+
+    def profile(frame: Any, event: str, arg: Any) -> None:
+        code = frame.f_code
+        if event == "call" and code.co_filename.startswith(root) and \
+                not code.co_name.startswith("<"):
+            seen.append(os.path.relpath(code.co_filename, root))
+
+    sys.setprofile(profile)
+    try:
+        opt.step()
+    finally:
+        sys.setprofile(None)
+    return seen
+
+
+@pytest.mark.parametrize("name", sorted(EXPORTED))
+def test_a_dense_step_runs_no_code_of_the_optimizer_classes(name: str) -> None:
+    """The classes check arguments and hold defaults; the step, its stages and the math live
+    in the base class, the stages and the backends (no round trips into the class files)."""
+    params = [torch.nn.Parameter(torch.randn(4, 3)), torch.nn.Parameter(torch.randn(3))]
+    opt = getattr(gradguard, name)(params, clip="zclip:2.5")
+    opt.step()  # (nothing to do: no gradients yet)
+    modules = set(_step_calls(opt, params))
+    assert "optim/_base.py" in modules and "optim/_core.py" in modules
+    classes = {"optim/_sgd_adam.py", "optim/_accumulators.py", "optim/_papers.py",
+               "optim/_optimizers.py"}
+    assert not modules & classes, sorted(modules & classes)
