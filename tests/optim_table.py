@@ -264,6 +264,11 @@ class OptimizerEntry:
     # tolerance of the float64 comparison with torch.optim: float64 keeps float64's precision
     fp64_tolerance: dict[str, float] = field(default_factory=lambda: {"rtol": 1e-12,
                                                                       "atol": 1e-14})
+    # Where torch.optim has no such optimizer, what torch's OptimizerInfo would say for the
+    # conformance tests (tests/test_torch_conformance.py): sample configs (description,
+    # kwargs) and constructor errors beyond the common ones (kwargs, message, description).
+    own_configs: tuple[tuple[str, dict[str, Any]], ...] = ()
+    own_errors: tuple[tuple[dict[str, Any], str, str], ...] = ()
 
     @property
     def make(self) -> type[Optimizer]:
@@ -464,6 +469,22 @@ TABLE: tuple[OptimizerEntry, ...] = (
             Invalid({"trust_coefficient": -1}, ("trust_coefficient",), -1),
         ),
         main={"lr": 5.0, "weight_decay": 1e-3},
+        own_configs=(
+            ("default", {}),
+            ("exclude_bias_and_norm", {"exclude_bias_and_norm": True}),
+            ("weight_decay", {"lr": 2.0, "weight_decay": 1e-2}),
+            ("momentum, weight_decay, exclude_bias_and_norm",
+             {"momentum": 0.5, "weight_decay": 1e-2, "exclude_bias_and_norm": True}),
+            ("trust_coefficient", {"trust_coefficient": 1e-2}),
+            ("maximize", {"maximize": True}),
+            ("maximize, weight_decay", {"weight_decay": 1e-2, "maximize": True}),
+        ),
+        own_errors=(
+            ({"momentum": -0.5}, "Invalid momentum value: -0.5", "negative momentum"),
+            ({"momentum": 1.0}, "Invalid momentum value: 1.0", "momentum of 1"),
+            ({"trust_coefficient": -1}, "Invalid trust_coefficient value: -1",
+             "negative trust_coefficient"),
+        ),
         skips={"torch_interop": NO_TORCH},
     ),
     OptimizerEntry(
@@ -478,6 +499,19 @@ TABLE: tuple[OptimizerEntry, ...] = (
         ),
         invalid=_common_invalid(betas=True, eps=True),
         main={"lr": 2e-2, "weight_decay": 1e-2},
+        own_configs=(
+            ("default", {}),
+            ("non-default lr", {"lr": 1e-2}),
+            ("weight_decay", {"lr": 1e-2, "weight_decay": 0.1}),
+            ("betas, eps", {"lr": 1e-2, "betas": (0.8, 0.99), "eps": 1e-8}),
+            ("maximize, weight_decay", {"lr": 1e-2, "weight_decay": 0.1, "maximize": True}),
+        ),
+        own_errors=(
+            ({"betas": (1.0, 0.99)}, "Invalid beta parameter at index 0: 1.0", "beta1 of 1"),
+            ({"betas": (0.9, -0.1)}, r"Invalid beta parameter at index 1: -0.1",
+             "negative beta2"),
+            ({"eps": -1e-6}, "Invalid epsilon value: -1e-06", "negative eps"),
+        ),
         skips={"torch_interop": NO_TORCH},
     ),
     OptimizerEntry(
@@ -491,6 +525,18 @@ TABLE: tuple[OptimizerEntry, ...] = (
         ),
         invalid=_common_invalid(betas=True),
         main={"lr": 1e-2, "weight_decay": 1e-2},
+        own_configs=(
+            ("default", {}),
+            ("non-default lr", {"lr": 1e-3}),
+            ("weight_decay", {"lr": 1e-3, "weight_decay": 0.1}),
+            ("betas", {"lr": 1e-3, "betas": (0.95, 0.98)}),
+            ("maximize, weight_decay", {"lr": 1e-3, "weight_decay": 0.1, "maximize": True}),
+        ),
+        own_errors=(
+            ({"betas": (1.0, 0.99)}, "Invalid beta parameter at index 0: 1.0", "beta1 of 1"),
+            ({"betas": (0.9, -0.1)}, r"Invalid beta parameter at index 1: -0.1",
+             "negative beta2"),
+        ),
         skips={"torch_interop": NO_TORCH},
     ),
 )

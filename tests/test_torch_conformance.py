@@ -117,63 +117,18 @@ def _sparse_grad_error(name: str) -> ErrorOptimizerInput:
                   "sparse gradient", params=[p], on=OptimizerErrorEnum.STEP_ERROR)
 
 
-def _own_errors(name: str) -> list[ErrorOptimizerInput]:
-    """Error inputs of LARS, LAMB and Lion: torch's generic ones, then their arguments'."""
+def _own_errors(entry: Any) -> list[ErrorOptimizerInput]:
+    """Error inputs of an optimizer torch.optim lacks: torch's generic ones, then the common
+    arguments', then its own (from the test table)."""
     out = list(get_error_inputs_for_all_optims(CPU, torch.float32))
     out += [
         _error({"lr": -0.1}, ValueError, "Invalid learning rate: -0.1", "negative lr"),
         _error({"weight_decay": -1}, ValueError, "Invalid weight_decay value: -1",
                "negative weight_decay"),
-        _sparse_grad_error(name),
+        _sparse_grad_error(entry.name),
     ]
-    if name == "LARS":
-        out += [
-            _error({"momentum": -0.5}, ValueError, "Invalid momentum value: -0.5",
-                   "negative momentum"),
-            _error({"momentum": 1.0}, ValueError, "Invalid momentum value: 1.0",
-                   "momentum of 1"),
-            _error({"trust_coefficient": -1}, ValueError,
-                   "Invalid trust_coefficient value: -1", "negative trust_coefficient"),
-        ]
-    else:
-        out += [
-            _error({"betas": (1.0, 0.99)}, ValueError, "Invalid beta parameter at index 0: 1.0",
-                   "beta1 of 1"),
-            _error({"betas": (0.9, -0.1)}, ValueError,
-                   r"Invalid beta parameter at index 1: -0.1", "negative beta2"),
-        ]
-    if name == "LAMB":
-        out.append(_error({"eps": -1e-6}, ValueError, "Invalid epsilon value: -1e-06",
-                          "negative eps"))
+    out += [_error(kw, ValueError, msg, desc) for kw, msg, desc in entry.own_errors]
     return out
-
-
-OWN_CONFIGS: dict[str, tuple[tuple[str, dict[str, Any]], ...]] = {
-    "LARS": (
-        ("default", {}),
-        ("exclude_bias_and_norm", {"exclude_bias_and_norm": True}),
-        ("weight_decay", {"lr": 2.0, "weight_decay": 1e-2}),
-        ("momentum, weight_decay, exclude_bias_and_norm",
-         {"momentum": 0.5, "weight_decay": 1e-2, "exclude_bias_and_norm": True}),
-        ("trust_coefficient", {"trust_coefficient": 1e-2}),
-        ("maximize", {"maximize": True}),
-        ("maximize, weight_decay", {"weight_decay": 1e-2, "maximize": True}),
-    ),
-    "LAMB": (
-        ("default", {}),
-        ("non-default lr", {"lr": 1e-2}),
-        ("weight_decay", {"lr": 1e-2, "weight_decay": 0.1}),
-        ("betas, eps", {"lr": 1e-2, "betas": (0.8, 0.99), "eps": 1e-8}),
-        ("maximize, weight_decay", {"lr": 1e-2, "weight_decay": 0.1, "maximize": True}),
-    ),
-    "Lion": (
-        ("default", {}),
-        ("non-default lr", {"lr": 1e-3}),
-        ("weight_decay", {"lr": 1e-3, "weight_decay": 0.1}),
-        ("betas", {"lr": 1e-3, "betas": (0.95, 0.98)}),
-        ("maximize, weight_decay", {"lr": 1e-3, "weight_decay": 0.1, "maximize": True}),
-    ),
-}
 
 
 @dataclass(frozen=True)
@@ -184,6 +139,7 @@ class Entry:
     reference: type[Optimizer]  # torch.optim's class, or the float64 reference
     info: OptimizerInfo | None = None
     own_flags: frozenset[str] = field(default_factory=frozenset)
+    table: Any = None  # the test table's entry (tests/optim_table.py)
 
     def __repr__(self) -> str:
         return self.name
@@ -221,14 +177,14 @@ class Entry:
         if self.info is not None:
             return self.info.optim_inputs_func(device=CPU, dtype=dtype or self.dtype)
         return [OptimizerInput(params=None, kwargs=copy.deepcopy(kw), desc=desc)
-                for desc, kw in OWN_CONFIGS[self.name]]
+                for desc, kw in self.table.own_configs]
 
     def config(self, index: int, dtype: torch.dtype | None = None) -> dict[str, Any]:
         return self.configs(dtype)[index].kwargs
 
     def error_inputs(self) -> list[ErrorOptimizerInput]:
         if self.info is None:
-            return _own_errors(self.name)
+            return _own_errors(self.table)
         out = list(self.info.optim_error_inputs_func(device=CPU, dtype=torch.float32))
         if "sparse" not in self.flags:
             out.append(_sparse_grad_error(self.name))
@@ -267,8 +223,8 @@ OWN = frozenset({"complex", "tensor_lr", "differentiable"})
 # One entry per optimizer of the project's test table (tests/optim_table.py): torch's
 # OptimizerInfo where torch has the optimizer, else the float64 reference from the paper.
 TABLE: list[Entry] = [
-    Entry(e.name, e.torch_cls, _INFOS[e.name]) if e.torch_cls is not None
-    else Entry(e.name, e.reference, own_flags=OWN) for e in OPTIMIZERS]
+    Entry(e.name, e.torch_cls, _INFOS[e.name], table=e) if e.torch_cls is not None
+    else Entry(e.name, e.reference, own_flags=OWN, table=e) for e in OPTIMIZERS]
 
 
 def _slug(text: str) -> str:
