@@ -37,7 +37,8 @@ def _cell(entry: dict[str, Any] | None, hib: bool) -> str:
     if entry is None:
         return "—"
     mean = entry["mean"]
-    shown = "diverged" if mean is None else f"{mean:.3f}"
+    # (a finite mean can still be huge: a seed that blew up without reaching inf)
+    shown = "diverged" if mean is None else f"{mean:.3f}" if abs(mean) < 1e4 else f"{mean:.3g}"
     return f"{shown} ({entry['trained']}/{entry['seeds']})"
 
 
@@ -83,7 +84,7 @@ def one(task_name: str, optimizer: str, seeds: int, out: Path,
 def table(rows: list[dict[str, Any]]) -> list[str]:
     head = "| task (metric, target) | optimizer | " + " | ".join(
         f"{r} lr | at {r}" for r in RULES) + " | grid's best lr | at grid's best | best rule |"
-    lines = [head, "|" + "---|" * (4 + 2 * len(RULES))]
+    lines = [head, "|" + "---|" * (5 + 2 * len(RULES))]
     wins = dict.fromkeys(RULES, 0)
     trains = dict.fromkeys(RULES, 0)
     wrong = dict.fromkeys(RULES, 0)
