@@ -117,3 +117,15 @@ def test_a_dense_step_runs_no_code_of_the_optimizer_classes(name: str) -> None:
     classes = {"optim/_sgd_adam.py", "optim/_accumulators.py", "optim/_papers.py",
                "optim/_optimizers.py"}
     assert not modules & classes, sorted(modules & classes)
+
+
+def test_the_registry_lists_optimizers_in_the_order_of_their_files() -> None:
+    """sgd ... adamax, then rmsprop, adagrad, adadelta, then lars, lamb, lion: the order the
+    CLI shows, whichever module a program imports first."""
+    from gradguard.optim import _accumulators, _papers, _sgd_adam
+
+    files = [_sgd_adam, _accumulators, _papers]
+    rank = [next(i for i, f in enumerate(files) if e.cls.__name__ in f.__all__)
+            for e in REGISTRY.values()]
+    assert rank == sorted(rank)
+    assert next(iter(REGISTRY)) == "sgd"

@@ -5,54 +5,34 @@ clip policies (:mod:`gradguard.clip`), :func:`guard` for any other torch optimiz
 schedules (:mod:`gradguard.schedules`) and a clip-aware LR range test (:func:`find_lr`).
 """
 
-from . import clip, monitor, rules, schedules, tasks
+from . import clip, monitor, optim, rules, schedules, tasks
 from .errors import NonFiniteGradientError
 from .lr_finder import LRFinderResult, find_lr
 from .monitor import Monitor
-from .optim import (
-    LAMB,
-    LARS,
-    SGD,
-    Adadelta,
-    Adagrad,
-    Adam,
-    Adamax,
-    AdamW,
-    Guarded,
-    GuardedOptimizer,
-    Lion,
-    NAdam,
-    RMSprop,
-    StepRecord,
-    guard,
-)
+from .optim import Guarded, GuardedOptimizer, StepRecord, guard
+from .optim._accumulators import *  # noqa: F403  (every optimizer class, from its file)
+from .optim._papers import *  # noqa: F403
+from .optim._sgd_adam import *  # noqa: F403
 
 __version__ = "0.1.0"
 
 __all__ = [
-    "LAMB",
-    "LARS",
-    "SGD",
-    "Adadelta",
-    "Adagrad",
-    "Adam",
-    "AdamW",
-    "Adamax",
     "Guarded",
     "GuardedOptimizer",
     "LRFinderResult",
-    "Lion",
     "Monitor",
-    "NAdam",
     "NonFiniteGradientError",
-    "RMSprop",
     "StepRecord",
     "__version__",
     "clip",
     "find_lr",
     "guard",
     "monitor",
+    "optim",
     "rules",
     "schedules",
     "tasks",
 ]
+__all__ += optim._sgd_adam.__all__
+__all__ += optim._accumulators.__all__
+__all__ += optim._papers.__all__

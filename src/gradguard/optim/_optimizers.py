@@ -30,12 +30,16 @@ between ``torch.optim.X`` and ``gradguard.X`` both ways. Every optimizer also ta
     gradients through ``.data``, which bypasses the version counter.
 """
 
-# ruff: noqa: I001  (the imports' order is the registry's order: sgd ... adamax, rmsprop ...)
+# ruff: noqa: I001, F403  (the star imports' order is the registry's: sgd ... adamax, rmsprop ...)
 from __future__ import annotations
 
-from ._sgd_adam import SGD, Adam, Adamax, AdamW, NAdam
-from ._accumulators import Adadelta, Adagrad, RMSprop
-from ._papers import LAMB, LARS, Lion
+from ._sgd_adam import *
+from ._accumulators import *
+from ._papers import *
+from . import _accumulators, _papers, _sgd_adam
 
-__all__ = ["LAMB", "LARS", "SGD", "Adadelta", "Adagrad", "Adam", "AdamW", "Adamax", "Lion",
-           "NAdam", "RMSprop"]
+# Every optimizer class: a new one joins by being in its own file's __all__.
+__all__ = []
+__all__ += _sgd_adam.__all__
+__all__ += _accumulators.__all__
+__all__ += _papers.__all__
