@@ -16,14 +16,6 @@ from torch import Tensor
 
 from ..clip import ClipPolicy, GradHooks, GradStats, resolve
 from . import _decide, _guard, _stats
-from ._extras import (  # noqa: F401  (re-exported: the optimizers and the wrapper use them)
-    EXTRAS_KEY,
-    attach_extras,
-    detach_extras,
-    export_groups,
-    restore_group_clips,
-)
-from ._guard import NONFINITE_MODES, param_names  # noqa: F401  (re-exported)
 from ._record import StepPlan, StepRecord, make_record
 
 

@@ -14,6 +14,7 @@ where torch has none.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -70,7 +71,6 @@ def register(*entries: Entry) -> Callable[[T], T]:
             if e.name in REGISTRY:
                 raise ValueError(f"optimizer name {e.name!r} is registered twice "
                                  f"({REGISTRY[e.name].cls.__name__} and {cls.__name__})")
-            REGISTRY[e.name] = Entry(e.name, e.description, e.lrs, e.kwargs, e.bench,
-                                     e.step_bytes, e.third_party, cls)
+            REGISTRY[e.name] = dataclasses.replace(e, cls=cls)
         return cls
     return add
