@@ -10,26 +10,33 @@ nothing is counted twice. Nothing here reads a value on the host.
 from __future__ import annotations
 
 import math
+import sys
 from typing import Any
 
 import torch
 import torch.distributed as dist
 from torch import Tensor
 
-_DTENSOR: type | None
-try:
-    from torch.distributed.tensor import DTensor as _DTensor
+# DTensor's class, looked up once its module is imported: a DTensor cannot exist before, and
+# importing torch.distributed.tensor costs about a second, which ``import gradguard`` should
+# not add to every program (most never shard).
+_DTENSOR: type | None = None
 
-    _DTENSOR = _DTensor
-except ImportError:  # a torch built without distributed support
-    _DTENSOR = None
+
+def _dtensor_class() -> type | None:
+    global _DTENSOR
+    if _DTENSOR is None:
+        module = sys.modules.get("torch.distributed.tensor")
+        _DTENSOR = getattr(module, "DTensor", None) if module is not None else None
+    return _DTENSOR
 
 Groups = tuple[Any, ...]  # process groups a tensor is sharded over (empty: complete here)
 
 
 def is_dtensor(t: object) -> bool:
     """Whether ``t`` is a DTensor (a parameter or gradient of FSDP2, tensor parallelism...)."""
-    return _DTENSOR is not None and isinstance(t, _DTENSOR)
+    cls = _DTENSOR if _DTENSOR is not None else _dtensor_class()
+    return cls is not None and isinstance(t, cls)
 
 
 def local(t: Tensor) -> Tensor:

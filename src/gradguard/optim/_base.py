@@ -181,6 +181,7 @@ class GuardedOptimizer(GuardReadouts, Optimizer):
         self._check_state(state.get("state"), state.get("param_groups"),
                           state.get("defaults", self.__dict__.get("defaults", {})))
         super().__setstate__(state)
+        self.__dict__.setdefault("_flat", {})  # rebuilt at the next step where stale
         if "_hooks" not in self.__dict__:  # unpickled or deep-copied: hook the new parameters
             self._hooks = None
             self.__dict__.setdefault("backend", "auto")
@@ -256,11 +257,20 @@ class GuardedOptimizer(GuardReadouts, Optimizer):
         for gi, ks in by_group.items():
             group = self.param_groups[gi]
             params = [plan.params[k] for k in ks]
-            states = [self._state_for(p, group) for p in params]
-            fresh = [self._fresh.get(p) for p in params]
             grads = [plan.grads[k] for k in ks]
             scales = [plan.scales[k] for k in ks]
             clamp = plan.clamps[ks[0]]
+            flat = self._flat_group(gi, group, params, grads)
+            if flat is not None:
+                hparams = {k: _scalar(v) for k, v in group.items() if k not in _NOT_HPARAMS}
+                flat.step(self.rule, group, params, grads, scales, clamp, plan.skip,
+                          _scalar(group["lr"]), hparams)
+                if flat.fresh is not None:
+                    for p in params:
+                        self._fresh[p] = flat.fresh
+                continue
+            states = [self._state_for(p, group) for p in params]
+            fresh = [self._fresh.get(p) for p in params]
             sparse = [i for i, g in enumerate(grads) if g.layout != torch.strided]
             if sparse:
                 for i in sparse:
@@ -289,6 +299,33 @@ class GuardedOptimizer(GuardReadouts, Optimizer):
                     self._fresh[p] = (f & plan.skip if plan.skip is not None
                                       else torch.zeros_like(f))
         self._core.finish(plan, self.param_groups)
+
+    def _flat_group(self, gi: int, group: dict[str, Any], params: list[Tensor],
+                    grads: list[Tensor]) -> backends.FlatGroup | None:
+        """The flat buffers this group's step runs on (built or rebuilt where the group is
+        not the one they hold; see :mod:`gradguard.optim.backends.flat`), or None where it
+        takes the per-tensor paths (then any buffers it had give back their shared 0-d
+        entries)."""
+        flats: dict[int, backends.FlatGroup] = self.__dict__.setdefault("_flat", {})
+        current = flats.get(gi)
+        if not backends.flat.wanted(self.backend, group, params, grads):
+            if current is not None:
+                current.release()
+                del flats[gi]
+            return None
+        if current is not None:
+            if current.matches(params, self.state):
+                return current
+            current.release()
+            del flats[gi]
+        new_state = [p not in self.state or not self.state[p] for p in params]
+        states = [self._state_for(p, group) for p in params]
+        fresh = [self._fresh.get(p) for p in params]
+        built = backends.FlatGroup.build(self.rule, group, params, states, fresh,
+                                         all(new_state))
+        if built is not None:
+            flats[gi] = built
+        return built
 
     def _check_grads(self) -> None:
         """torch's errors for gradients a step cannot take: sparse ones where the optimizer has
@@ -329,10 +366,19 @@ class GuardedOptimizer(GuardReadouts, Optimizer):
         torch.distributed also carried in ``param_groups[0]``, where torch's distributed
         checkpoint utilities keep it)."""
         sd = super().state_dict()
+        # A flat group's parameters share their 0-d entries (steps): each gets its own copy,
+        # as torch's optimizers, which advance them one parameter at a time, expect.
+        shared = {id(st) for flat in self.__dict__.get("_flat", {}).values()
+                  for st, _ in flat.entries}
+        for i, st in list(sd["state"].items()):
+            if id(st) in shared:
+                sd["state"][i] = {k: v.clone() if isinstance(v, Tensor) and v.dim() == 0
+                                  and k in _SCALAR_KEYS else v for k, v in st.items()}
         export_groups(sd["param_groups"])
         extra = self._core.state_dict(self.param_groups)
         index = {id(p): i for i, p in enumerate(p for g in self.param_groups for p in g["params"])}
-        extra["fresh"] = {index[id(p)]: t for p, t in self._fresh.items() if id(p) in index}
+        extra["fresh"] = {index[id(p)]: t.clone() for p, t in self._fresh.items()
+                          if id(p) in index}
         attach_extras(sd, extra)
         return sd
 

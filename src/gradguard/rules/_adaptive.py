@@ -163,7 +163,7 @@ def lamb_init(p: Tensor, hp: Mapping[str, Any]) -> State:
     return {"step": _step(p), "exp_avg": _zeros(p), "exp_avg_sq": _zeros(p)}
 
 
-@rule("lamb", lamb_init)
+@rule("lamb", lamb_init, per_tensor=True)
 def lamb(
     param: Tensor,
     grad: Tensor,
@@ -174,6 +174,7 @@ def lamb(
     eps: float,
     weight_decay: float,
     maximize: bool,
+    segments: Any = None,
     **_: Any,
 ) -> tuple[Tensor, State]:
     r"""LAMB (You et al. 2019, Algorithm 2, with bias correction).
@@ -182,6 +183,8 @@ def lamb(
         r_t &= \frac{m_t/(1-\beta_1^t)}{\sqrt{v_t/(1-\beta_2^t)}+\epsilon}, \qquad
         u_t = r_t + \lambda\theta_{t-1} \\
         \theta_t &= \theta_{t-1} - \eta\,\frac{\|\theta_{t-1}\|}{\|u_t\|}\,u_t
+
+    ``segments`` (a flat buffer of several tensors): the norms are per segment.
     """
     beta1, beta2 = betas
     g = -grad if maximize else grad
@@ -192,6 +195,7 @@ def lamb(
     bc1, bc2 = _coef(1 - beta1**t, param), _coef(1 - beta2**t, param)
     r = (exp_avg / bc1) / ((exp_avg_sq / bc2).sqrt() + eps)
     u = r + weight_decay * param if weight_decay != 0 else r
-    ratio = _trust(torch.linalg.vector_norm(param), torch.linalg.vector_norm(u))
+    norm = torch.linalg.vector_norm if segments is None else segments.norm
+    ratio = _trust(norm(param), norm(u))
     new = {"step": step, "exp_avg": exp_avg, "exp_avg_sq": exp_avg_sq}
     return param - _coef(lr * ratio, param) * u, new

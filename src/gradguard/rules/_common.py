@@ -73,24 +73,29 @@ class Rule:
     """An optimizer's math as one record: ``init`` (a parameter's state before its first step,
     torch.optim's keys and dtypes; pure, so it also describes the expected state on the meta
     device) beside ``update`` (the per-tensor step). ``fresh_key`` names the state entry that
-    takes the first gradient as is (SGD's momentum buffer), if any.
+    takes the first gradient as is (SGD's momentum buffer), if any. ``per_tensor``: the update
+    reduces over whole tensors (LARS's and LAMB's norms), so on a flat buffer holding several
+    tensors it must be given their ``segments``
+    (:class:`gradguard.optim.backends.flat.Segments`) and reduce per segment.
     """
 
     name: str
     init: Init
     update: Update
     fresh_key: str | None = None
+    per_tensor: bool = False
 
 
 RULES: dict[str, Rule] = {}
 """Every rule by name (filled by :func:`rule`)."""
 
 
-def rule(name: str, init: Init, *, fresh_key: str | None = None) -> Callable[[Update], Update]:
+def rule(name: str, init: Init, *, fresh_key: str | None = None,
+         per_tensor: bool = False) -> Callable[[Update], Update]:
     """Declare ``update`` (the decorated function) with its ``init`` as the rule ``name``."""
     def add(update: Update) -> Update:
         if name in RULES:
             raise ValueError(f"update rule {name!r} is declared twice")
-        RULES[name] = Rule(name, init, update, fresh_key)
+        RULES[name] = Rule(name, init, update, fresh_key, per_tensor)
         return update
     return add

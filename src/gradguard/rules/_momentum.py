@@ -56,7 +56,7 @@ def lars_init(p: Tensor, hp: Mapping[str, Any]) -> State:
     return {"momentum_buffer": _zeros(p)}
 
 
-@rule("lars", lars_init)
+@rule("lars", lars_init, per_tensor=True)
 def lars(
     param: Tensor,
     grad: Tensor,
@@ -68,6 +68,7 @@ def lars(
     trust_coefficient: float,
     exclude_bias_and_norm: bool,
     maximize: bool,
+    segments: Any = None,
     **_: Any,
 ) -> tuple[Tensor, State]:
     r"""LARS, layer-wise adaptive rate scaling (You, Gitman & Ginsburg 2017, Algorithm 1).
@@ -79,16 +80,22 @@ def lars(
 
     :math:`\lambda^l = 1` where a norm is zero, and for vectors (biases, norm weights) when
     ``exclude_bias_and_norm`` is set (those also get no weight decay).
+
+    ``segments`` (a flat buffer of several tensors): the norms are per segment, and the
+    vectors excluded element by element.
     """
     g = -grad if maximize else grad
-    if exclude_bias_and_norm and param.dim() <= 1:
+    if segments is None and exclude_bias_and_norm and param.dim() <= 1:
         update = _coef(lr, param) * g
     else:
-        w_norm = torch.linalg.vector_norm(param)
-        g_norm = torch.linalg.vector_norm(g)
+        norm = torch.linalg.vector_norm if segments is None else segments.norm
+        w_norm = norm(param)
+        g_norm = norm(g)
         local = _trust(trust_coefficient * w_norm, g_norm + weight_decay * w_norm)
         d = g + weight_decay * param if weight_decay != 0 else g
         update = _coef(lr * local, param) * d
+        if segments is not None and exclude_bias_and_norm:
+            update = torch.where(segments.vectors, _coef(lr, param) * g, update)
     buf = state["momentum_buffer"] * momentum + update
     return param - buf, {"momentum_buffer": buf}
 

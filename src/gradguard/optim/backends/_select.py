@@ -35,7 +35,7 @@ from ..._validation import env_count
 from ...rules import Rule, State
 from . import compiled, eager, foreach, native
 
-BACKENDS = ("auto", "native", "compiled", "foreach", "eager")
+BACKENDS = ("auto", "flat", "native", "compiled", "foreach", "eager")
 PATHS = ("eager", "foreach", "compiled", "native")
 
 # Smallest param group (in elements) that ``auto`` compiles. Below it a compiled call's fixed
@@ -84,6 +84,8 @@ def select(backend: str, rule: Rule, group: Mapping[str, Any], params: list[Tens
     ...     select("auto", RULES["adam"], {"foreach": False}, [p], [p], [{}], [None], None)
     Choice(path='eager', prescaled=False, why='foreach=False: the per-tensor reference')
     """
+    if backend == "flat":  # a group the flat layout cannot take (see .flat.wanted)
+        backend = "auto"
     if group.get("differentiable"):
         return Choice("eager", why="differentiable=True: the reference, recorded by autograd")
     if torch.is_grad_enabled():
