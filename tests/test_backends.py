@@ -739,7 +739,7 @@ def test_prescaled_native_where_the_multi_tensor_path_would_run(
 
 
 @pytest.mark.parametrize("with_scaler", [False, True], ids=["plain", "grad_scaler"])
-@pytest.mark.parametrize("backend", ["eager", "foreach", "compiled", "native"])
+@pytest.mark.parametrize("backend", ["eager", "foreach", "compiled", "native", "flat"])
 def test_step_leaves_gradients_unchanged(
     backend: str, with_scaler: bool, compiler_ok: None
 ) -> None:

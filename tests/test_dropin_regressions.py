@@ -152,7 +152,7 @@ def run_strided(name: str, config: dict[str, Any], layout: str, backend: str) ->
         f"the step disabled the compiled path: {_backends._compile_failed}")
 
 
-@pytest.mark.parametrize("backend", ("auto", "native", "foreach", "eager"))
+@pytest.mark.parametrize("backend", ("auto", "flat", "native", "foreach", "eager"))
 @pytest.mark.parametrize("layout", LAYOUTS)
 @pytest.mark.parametrize(("name", "config"), [
     pytest.param(n, c, id=f"{n}[{_cfg_id(c)}]") for n in NAMES for c in STRIDED_CONFIGS[n]])

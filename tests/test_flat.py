@@ -111,6 +111,7 @@ def test_auto_steps_small_groups_flat(monkeypatch: pytest.MonkeyPatch,
                                       flat_paths: Counter[str]) -> None:
     """``backend="auto"``: a group of at most flat.max_numel() elements steps flat, a larger
     one per tensor; torch's ``foreach``/``fused`` flags keep the paths they name."""
+    monkeypatch.delenv("GRADGUARD_FLAT_MAX_NUMEL", raising=False)  # (conftest sets it to 0)
     params = make_params()
     opt = gradguard.NAdam(params, lr=1e-2, backend="auto")
     set_grads(params, make_grads(0, nan_step=None))
@@ -120,6 +121,7 @@ def test_auto_steps_small_groups_flat(monkeypatch: pytest.MonkeyPatch,
     opt.step()
     assert flat_paths["eager"] == 1  # not flat: 150 elements
     monkeypatch.delenv("GRADGUARD_FLAT_MAX_NUMEL")
+    assert flat.max_numel() == flat.MAX_NUMEL
     for flags in ({"foreach": True}, {"foreach": False}, {"fused": True}):
         other = gradguard.Adam(make_params(), lr=1e-2, backend="auto", **flags)
         set_grads(other.param_groups[0]["params"], make_grads(0, nan_step=None))
@@ -376,3 +378,31 @@ def test_import_does_not_load_dtensor() -> None:
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          check=False, timeout=120)
     assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr
+
+
+@pytest.mark.parametrize("name", ["Adam", "NAdam", "LAMB"])
+def test_default_training_steps_flat(name: str, monkeypatch: pytest.MonkeyPatch,
+                                     flat_paths: Counter[str]) -> None:
+    """What a user gets without choosing (no GRADGUARD_* settings): a small model trained with
+    backward, AGC clipping and a schedule steps flat and ends where the reference does."""
+    for var in ("GRADGUARD_BACKEND", "GRADGUARD_FLAT_MAX_NUMEL", "GRADGUARD_COMPILE_MIN_NUMEL"):
+        monkeypatch.delenv(var, raising=False)
+    x = torch.randn(64, 8, generator=torch.Generator().manual_seed(0))
+    y = torch.randint(0, 3, (64,), generator=torch.Generator().manual_seed(1))
+    models = []
+    for backend in ("auto", "eager"):
+        torch.manual_seed(0)
+        model = nn.Sequential(nn.Linear(8, 16), nn.Tanh(), nn.Linear(16, 16), nn.Tanh(),
+                              nn.Linear(16, 3))
+        opt = getattr(gradguard, name)(model.parameters(), lr=1e-2, clip="agc:0.05",
+                                       backend=None if backend == "auto" else backend)
+        sched = torch.optim.lr_scheduler.StepLR(opt, 10, 0.5)
+        for _ in range(30):
+            opt.zero_grad()
+            nn.functional.cross_entropy(model(x), y).backward()
+            opt.step()
+            sched.step()
+        models.append(model)
+    assert sum(flat_paths[p] for p in ("native", "compiled", "eager")) == 30
+    for a, b in zip(models[0].parameters(), models[1].parameters(), strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
