@@ -725,3 +725,59 @@ def test_restored_snapshot_decides_exactly_as_before(
     assert any(not torch.equal(x, y) for a, b in zip(first, later, strict=True)
                for x, y in zip(a, b, strict=True))
     assert policy.spec == make().spec
+
+
+# --------------------------------------------------------------------------------------
+# unit-wise norms measured all at once (small models: one call per row length, not per tensor)
+# --------------------------------------------------------------------------------------
+
+_SHAPES = st.lists(st.lists(st.integers(0, 4), max_size=3).map(tuple), min_size=1, max_size=6)
+
+
+@given(shapes=_SHAPES, seed=st.integers(0, 2**16))
+@settings(max_examples=60, deadline=None)
+def test_units_together_are_the_per_tensor_unit_norms(shapes: list[tuple[int, ...]],
+                                                      seed: int) -> None:
+    """0-d tensors, vectors, matrices and up, empty ones included: the vectors of
+    GradStats.units_together are, tensor by tensor, unitwise_norm of each gradient and
+    parameter."""
+    from gradguard.clip._stats import GradStats, unitwise_norm
+
+    gen = torch.Generator().manual_seed(seed)
+    params = [torch.randn(s, generator=gen) for s in shapes]
+    grads = [torch.randn(s, generator=gen) * 10 for s in shapes]
+    together = GradStats(params, grads).units_together(list(range(len(shapes))))
+    expected_counts = [1 if len(s) <= 1 else s[0] for s in shapes]
+    if sum(expected_counts) == 0:
+        assert together is None
+        return
+    assert together is not None
+    g_all, p_all, counts, unit_shapes = together
+    assert counts == expected_counts
+    for i, (g_part, p_part) in enumerate(zip(g_all.split(counts), p_all.split(counts),
+                                             strict=True)):
+        torch.testing.assert_close(g_part.view(unit_shapes[i]), unitwise_norm(grads[i]))
+        torch.testing.assert_close(p_part.view(unit_shapes[i]), unitwise_norm(params[i]))
+
+
+def test_agc_decides_the_same_all_at_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    """AGC's decision from the norms measured all at once equals the one measured tensor by
+    tensor (scales, smallest scale, whether it bound), for strided tensors too."""
+    from gradguard.clip._stats import GradStats
+
+    gen = torch.Generator().manual_seed(3)
+    params = [torch.randn(6, 5, generator=gen), torch.randn(5, generator=gen),
+              torch.randn(4, 6, generator=gen).t(), torch.randn(3, 2, 2, generator=gen),
+              torch.randn((), generator=gen)]
+    grads = [torch.randn(p.shape, generator=gen) * 5 for p in params]
+    policy = gclip.AGC(0.05)
+    idx = list(range(len(params)))
+    fast = policy.decide(GradStats(params, grads), idx, None)
+    monkeypatch.setattr(GradStats, "units_together", lambda self, idx: None)
+    slow = policy.decide(GradStats(params, grads), idx, None)
+    assert bool(fast.binding) and bool(slow.binding)
+    torch.testing.assert_close(fast.min_scale, slow.min_scale)
+    for a, b in zip(fast.scales, slow.scales, strict=True):
+        assert a is not None and b is not None
+        assert a.shape == b.shape
+        torch.testing.assert_close(a, b)

@@ -124,6 +124,8 @@ def _make_opt(kind: str, model: nn.Module, clip: str) -> torch.optim.Optimizer:
         return gradguard.Adam(params, lr=LR, clip=clip)
     if kind == "adam-native":
         return gradguard.Adam(params, lr=LR, clip=clip, backend="native")
+    if kind == "adam-flat":
+        return gradguard.Adam(params, lr=LR, clip=clip, backend="flat")
     if kind == "sgd":
         return gradguard.SGD(params, lr=LR * 5, momentum=0.9, clip=clip)
     if kind == "guard":
@@ -165,6 +167,12 @@ def _ddp_runs(rank: int) -> dict[str, Any]:
             res.update(params=_params(model), clip_state=_clip_state(opt),
                        hook_hits=hooks.hits, hook_records=len(hooks._records))
             out[f"ddp-{bucket_view}-{clip}"] = res
+    for clip in POLICIES:  # the flat layout under DDP: plain tensors, so it steps flat
+        model = make_model(0)
+        opt = _make_opt("adam-flat", model, clip)
+        res = _train(DDP(model, gradient_as_bucket_view=True), opt, rank, set_to_none=False)
+        res.update(params=_params(model), flat=bool(opt.__dict__.get("_flat")))
+        out[f"ddp-flat-{clip}"] = res
     model = make_model(0)
     opt = _make_opt("adam", model, POLICIES[0])
     res = _train(DDP(model), opt, rank, nan_step=NAN_STEP)
@@ -176,7 +184,8 @@ def _ddp_runs(rank: int) -> dict[str, Any]:
 def _fsdp_runs(rank: int, mesh: Any, tmp: Path) -> dict[str, Any]:
     out: dict[str, Any] = {}
     runs = [("adam", clip) for clip in POLICIES] + [
-        ("adam-native", POLICIES[0]), ("sgd", "norm:0.1"), ("guard", POLICIES[0])]
+        ("adam-native", POLICIES[0]), ("adam-flat", POLICIES[0]), ("sgd", "norm:0.1"),
+        ("guard", POLICIES[0])]
     for kind, clip in runs:
         model = _fsdp(make_model(0), mesh)
         opt = _make_opt(kind, model, clip)
@@ -184,7 +193,8 @@ def _fsdp_runs(rank: int, mesh: Any, tmp: Path) -> dict[str, Any]:
         hooks = getattr(opt, "_hooks", None)
         res.update(params=_params(model), clip_state=_clip_state(opt),
                    hook_hits=hooks.hits if hooks is not None else None,
-                   sharded=[type(p).__name__ for p in model.parameters()])
+                   sharded=[type(p).__name__ for p in model.parameters()],
+                   flat=bool(opt.__dict__.get("_flat")))
         out[f"fsdp-{kind}-{clip}"] = res
     for poison in (False, True):
         model = _fsdp(make_model(0), mesh)
@@ -342,7 +352,8 @@ def _assert_same_on_every_rank(ranks: list[dict[str, Any]], key: str, field: str
 
 DDP_KEYS = [f"ddp-{bv}-{clip}" for bv in (False, True) for clip in POLICIES]
 FSDP_RUNS = [("adam", clip) for clip in POLICIES] + [
-    ("adam-native", POLICIES[0]), ("sgd", "norm:0.1"), ("guard", POLICIES[0])]
+    ("adam-native", POLICIES[0]), ("adam-flat", POLICIES[0]), ("sgd", "norm:0.1"),
+    ("guard", POLICIES[0])]
 
 
 @pytest.mark.parametrize("key", DDP_KEYS)
@@ -356,6 +367,24 @@ def test_ddp_matches_one_process(ranks: list[dict[str, Any]], key: str) -> None:
         _assert_close([ranks[r][key]["norms"]], [ref["norms"]], f"{key} rank {r} grad norms")
     # not trivially equal: the policy did clip in the reference run
     assert int(ref["clipped_steps"]) > 0
+
+
+@pytest.mark.parametrize("clip", POLICIES)
+def test_ddp_flat_matches_one_process(ranks: list[dict[str, Any]], clip: str) -> None:
+    """DDP's gradients (views of its buckets) on the flat layout: the same parameters and
+    gradient norms as one process on the per-tensor reference."""
+    key = f"ddp-flat-{clip}"
+    ref = _reference("adam", clip)
+    for r in range(WORLD):
+        assert ranks[r][key]["flat"], f"{key} rank {r} did not step flat"
+        _assert_close(ranks[r][key]["params"], ref["params"], f"{key} rank {r} params")
+        _assert_close([ranks[r][key]["norms"]], [ref["norms"]], f"{key} rank {r} grad norms")
+
+
+def test_fsdp2_keeps_the_per_tensor_path(ranks: list[dict[str, Any]]) -> None:
+    """backend="flat" under FSDP2: sharded parameters (DTensors) are never laid flat."""
+    for r in range(WORLD):
+        assert not ranks[r][f"fsdp-adam-flat-{POLICIES[0]}"]["flat"]
 
 
 @pytest.mark.parametrize("key", DDP_KEYS)

@@ -304,6 +304,23 @@ def test_parameter_data_replaced_and_loaded(flat_paths: Counter[str]) -> None:
     assert flat_paths["build"] == 1
 
 
+def test_parameter_object_replaced_in_the_group(flat_paths: Counter[str]) -> None:
+    """User code puts a new parameter object into the param group: it starts from fresh
+    state (as with torch.optim), its step count differs from the others', and the group
+    steps per tensor from then on."""
+    def event(step: int, opt: Any, params: list[nn.Parameter]) -> None:
+        if step == 5:
+            new = nn.Parameter(params[2].detach() + 0.1)
+            new.grad = params[2].grad
+            opt.state.pop(params[2])  # (torch's state_dict cannot save state of no group)
+            opt.param_groups[0]["params"][2] = new
+            params[2] = new
+
+    counts = _pair("Adam", event)
+    assert counts["per-tensor"] == 7
+    assert flat_paths["build"] == 2  # declined once, then not tried (nor read) again
+
+
 def test_parameter_moved_to_float64(flat_paths: Counter[str]) -> None:
     """``model.double()`` mid-run, then the optimizer's own state dict loaded back (torch
     casts the state to the parameters' dtype): the buffers are rebuilt in float64."""

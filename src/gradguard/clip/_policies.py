@@ -375,6 +375,15 @@ class AGC(ClipPolicy):
         return StatNeeds(units=True, param_norms=True)
 
     def decide(self, stats: GradStats, idx: list[int], skip: Tensor | None) -> ClipDecision:
+        together = stats.units_together(idx)
+        if together is not None:  # every unit of every tensor at once
+            g_all, p_all, counts, shapes = together
+            max_all = p_all.clamp_min(self.eps) * self.clipping
+            over_all = g_all > max_all
+            s_all = torch.where(over_all, max_all / g_all.clamp_min(_EPS), 1.0)
+            parts: list[Tensor | None] = [
+                v.view(shape) for v, shape in zip(s_all.split(counts), shapes, strict=True)]
+            return ClipDecision(parts, None, s_all.min().to(torch.float32), over_all.any())
         scales: list[Tensor | None] = []
         mins: list[Tensor] = []
         over: list[Tensor] = []

@@ -51,6 +51,8 @@ def unitwise_norm(t: Tensor) -> Tensor:
 _OVERFLOWING = (torch.float32, torch.bfloat16)
 
 _DOT_MIN = 1 << 16  # elements from which a CPU 2-norm uses torch.dot
+# Most elements whose unit-wise norms are measured all at once (GradStats.units_together).
+_TOGETHER_MAX_NUMEL = 1 << 20
 
 
 def measure(tensors: list[Tensor], norm_type: float) -> list[Tensor]:
@@ -257,6 +259,49 @@ class GradStats:
             self._units[i] = cached
         return cached
 
+    def units_together(self, idx: list[int]) -> tuple[Tensor, Tensor, list[int],
+                                                      list[tuple[int, ...]]] | None:
+        """The unit-wise norms (see :func:`unitwise_norm`) of the gradients and of the
+        parameters at ``idx``, all at once: ``(grad_norms, param_norms, counts, shapes)``, two
+        vectors of one value per unit (tensor by tensor, units in order), each tensor's number
+        of units and the shape of its unit norms. One segmented reduction each (squares summed
+        per unit over the tensors laid end to end) instead of a few operations per tensor.
+
+        None where the tensors are measured one by one: more than :data:`_TOGETHER_MAX_NUMEL`
+        elements (laid end to end they would be copied; per tensor, the calls' fixed costs
+        are small beside the work), sharded, sparse or complex ones, mixed devices or dtypes,
+        GradScaler's multiplier, unit norms measured in backward, a differentiable step, or
+        no units at all.
+
+        >>> g = [torch.tensor([[3.0, 4.0], [0.0, 1.0]]), torch.tensor([2.0])]
+        >>> units = GradStats([torch.ones(2, 2), torch.ones(1)], g).units_together([0, 1])
+        >>> units[0], units[2], units[3]
+        (tensor([5., 1., 2.]), [2, 1], [(2, 1), ()])
+        """
+        if self.multiplier is not None or not idx:
+            return None
+        grads = [self.grads[i] for i in idx]
+        params = [self.params[i] for i in idx]
+        if torch.is_grad_enabled() and any(t.requires_grad for t in grads + params):
+            return None  # a differentiable step: the per-tensor norms stay in the graph
+        g0 = grads[0]
+        if sum(g.numel() for g in grads) > _TOGETHER_MAX_NUMEL:
+            return None
+        for g, p in zip(grads, params, strict=True):
+            if (is_dtensor(g) or is_dtensor(p) or g.layout != torch.strided or g.is_complex()
+                    or p.is_complex() or g.dtype != g0.dtype or g.device != g0.device
+                    or p.device != g0.device):
+                return None
+        if self.hooks is not None and any(self.hooks.lookup_units(p) is not None
+                                          for p in params):
+            return None
+        counts = [1 if g.dim() <= 1 else g.shape[0] for g in grads]
+        shapes = [() if g.dim() <= 1 else (g.shape[0],) + (1,) * (g.dim() - 1) for g in grads]
+        if not sum(counts):
+            return None
+        dtype = _norm_dtype(g0)
+        return (_norms_together(grads, dtype), _norms_together(params, dtype), counts, shapes)
+
     def param_unit_norms(self, i: int) -> Tensor:
         """Unit-wise norms of parameter ``i`` (see :func:`unitwise_norm`), shaped like
         :meth:`unit_norms`; a sharded vector's norm is that of the whole vector."""
@@ -277,6 +322,38 @@ class GradStats:
         cached = reduce_norms([norm], [groups], 2.0)[0] if groups else norm
         self._param_norms[i] = cached
         return cached
+
+
+def _as(t: Tensor, dtype: torch.dtype) -> Tensor:
+    t = t.detach()
+    return t if t.dtype == dtype else t.to(dtype)
+
+
+def _norms_together(tensors: list[Tensor], dtype: torch.dtype) -> Tensor:
+    """The unit-wise 2-norms of ``tensors`` as one vector, tensor by tensor: every vector's
+    norm in one multi-tensor call, and the rows of all matrices (and higher) of one row length
+    stacked into one matrix whose row norms are one call."""
+    pieces: list[Tensor | None] = [None] * len(tensors)
+    vectors = [i for i, t in enumerate(tensors) if t.dim() <= 1]
+    if vectors:
+        norms = torch._foreach_norm([_as(tensors[i], dtype) for i in vectors], 2.0)
+        for i, n in zip(vectors, norms, strict=True):
+            pieces[i] = n.reshape(1)
+    by_length: dict[int, list[int]] = {}
+    for i, t in enumerate(tensors):
+        if t.dim() > 1:
+            by_length.setdefault(math.prod(t.shape[1:]), []).append(i)
+    for length, idx in by_length.items():
+        if length == 0:
+            for i in idx:
+                pieces[i] = torch.zeros(tensors[i].shape[0], dtype=dtype,
+                                        device=tensors[i].device)
+            continue
+        rows = torch.cat([_as(tensors[i], dtype).reshape(-1, length) for i in idx])
+        norms = torch.linalg.vector_norm(rows, dim=1)
+        for i, part in zip(idx, norms.split([tensors[i].shape[0] for i in idx]), strict=True):
+            pieces[i] = part
+    return torch.cat([p for p in pieces if p is not None])
 
 
 def _split_rows(what: str, i: int, t: Tensor) -> str:

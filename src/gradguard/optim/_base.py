@@ -182,6 +182,7 @@ class GuardedOptimizer(GuardReadouts, Optimizer):
                           state.get("defaults", self.__dict__.get("defaults", {})))
         super().__setstate__(state)
         self.__dict__.setdefault("_flat", {})  # rebuilt at the next step where stale
+        self.__dict__["_flat_declined"] = {}
         if "_hooks" not in self.__dict__:  # unpickled or deep-copied: hook the new parameters
             self._hooks = None
             self.__dict__.setdefault("backend", "auto")
@@ -318,6 +319,10 @@ class GuardedOptimizer(GuardReadouts, Optimizer):
                 return current
             current.release()
             del flats[gi]
+        declined: dict[int, Any] = self.__dict__.setdefault("_flat_declined", {})
+        signature = self._flat_signature(params)
+        if declined.get(gi) == signature:
+            return None  # this state cannot be flat (steps differ): not read again
         new_state = [p not in self.state or not self.state[p] for p in params]
         states = [self._state_for(p, group) for p in params]
         fresh = [self._fresh.get(p) for p in params]
@@ -325,7 +330,19 @@ class GuardedOptimizer(GuardReadouts, Optimizer):
                                          all(new_state))
         if built is not None:
             flats[gi] = built
+            declined.pop(gi, None)
+        else:
+            declined[gi] = self._flat_signature(params)
         return built
+
+    def _flat_signature(self, params: list[Tensor]) -> tuple[Any, ...]:
+        """What a declined flat build depended on: the parameters and the identity of their
+        state entries (a loaded checkpoint or a replaced entry changes it)."""
+        out = []
+        for p in params:
+            st = self.state.get(p)
+            out.append((id(p), p.dtype, id(st), tuple(id(v) for v in st.values()) if st else ()))
+        return tuple(out)
 
     def _check_grads(self) -> None:
         """torch's errors for gradients a step cannot take: sparse ones where the optimizer has

@@ -232,8 +232,7 @@ class FlatGroup:
             if self._ids is None:
                 self._ids = Segments(self.shapes, self.device).ids
             return torch.stack([s for s in scales if s is not None]).to(self.device)[self._ids]
-        ones = torch.ones((), device=self.device)
-        parts = [ones if s is None else s for s in scales]
+        parts = [torch.ones((), device=self.device) if s is None else s for s in scales]
         counts = tuple(s.numel() for s in parts)
         ids = self._units.get(counts)
         if ids is None:
@@ -243,8 +242,7 @@ class FlatGroup:
             ids = torch.repeat_interleave(torch.arange(len(reps), device=self.device),
                                           torch.tensor(reps, device=self.device))
             self._units[counts] = ids
-        units = torch.cat([s.reshape(-1).to(device=self.device, dtype=torch.float32)
-                           for s in parts])
+        units = torch.cat([s.reshape(-1) for s in parts])
         return units[ids]
 
     def step(self, rule: Rule, group: Mapping[str, Any], params: list[Tensor],
