@@ -108,6 +108,11 @@ class GradHooks:
                 rec.units = unitwise_norm(part)
         self._records[id(p)] = rec
 
+    def recorded(self) -> bool:
+        """Whether any norm has been recorded (none is, for parameters below
+        :func:`hook_min_numel`)."""
+        return bool(self._records)
+
     def _valid(self, p: Tensor) -> _Record | None:
         rec = self._records.get(id(p))
         g = p.grad

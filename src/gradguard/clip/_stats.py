@@ -186,7 +186,20 @@ class GradStats:
         assert self.multiplier is not None
         return g.to(torch.float32) * self.multiplier.to(device=g.device, dtype=torch.float32)
 
+    def _plain(self) -> bool:
+        """Nothing to look up or reduce: no multiplier, no norm recorded in backward, every
+        gradient a plain strided tensor of one device and dtype (a small model's step)."""
+        grads = self.grads
+        if self.multiplier is not None or (self.hooks is not None and self.hooks.recorded()):
+            return False
+        g0 = grads[0]
+        dtype, device = g0.dtype, g0.device
+        return all(type(g) is Tensor and g.dtype == dtype and g.device == device
+                   and g.layout == torch.strided for g in grads)
+
     def _compute_norms(self, norm_type: float) -> list[Tensor]:
+        if self.grads and self._plain():
+            return measure(self.grads, norm_type)
         out: list[Tensor | None] = [None] * len(self.grads)
         for i in range(len(self.grads)):
             if self._prescaled(i):

@@ -309,6 +309,9 @@ class GuardedOptimizer(GuardReadouts, Optimizer):
         entries)."""
         flats: dict[int, backends.FlatGroup] = self.__dict__.setdefault("_flat", {})
         current = flats.get(gi)
+        if current is not None and current.matches(params, self.state) and \
+                backends.flat.still_wanted(current, self.backend, group, grads):
+            return current
         if not backends.flat.wanted(self.backend, group, params, grads):
             if current is not None:
                 current.release()

@@ -184,7 +184,8 @@ def lamb(
         u_t = r_t + \lambda\theta_{t-1} \\
         \theta_t &= \theta_{t-1} - \eta\,\frac{\|\theta_{t-1}\|}{\|u_t\|}\,u_t
 
-    ``segments`` (a flat buffer of several tensors): the norms are per segment.
+    ``segments`` (a flat buffer of several tensors): norms and trust ratios per segment
+    (:class:`gradguard.optim.backends.flat.Segments`).
     """
     beta1, beta2 = betas
     g = -grad if maximize else grad
@@ -198,4 +199,7 @@ def lamb(
     norm = torch.linalg.vector_norm if segments is None else segments.norm
     ratio = _trust(norm(param), norm(u))
     new = {"step": step, "exp_avg": exp_avg, "exp_avg_sq": exp_avg_sq}
-    return param - _coef(lr * ratio, param) * u, new
+    coef = _coef(lr * ratio, param)
+    if segments is not None:
+        coef = segments.expand(coef)
+    return param - coef * u, new

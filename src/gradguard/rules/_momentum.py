@@ -81,8 +81,9 @@ def lars(
     :math:`\lambda^l = 1` where a norm is zero, and for vectors (biases, norm weights) when
     ``exclude_bias_and_norm`` is set (those also get no weight decay).
 
-    ``segments`` (a flat buffer of several tensors): the norms are per segment, and the
-    vectors excluded element by element.
+    ``segments`` (a flat buffer of several tensors): norms and trust ratios per segment
+    (:class:`gradguard.optim.backends.flat.Segments`), the vectors excluded element by
+    element.
     """
     g = -grad if maximize else grad
     if segments is None and exclude_bias_and_norm and param.dim() <= 1:
@@ -93,7 +94,10 @@ def lars(
         g_norm = norm(g)
         local = _trust(trust_coefficient * w_norm, g_norm + weight_decay * w_norm)
         d = g + weight_decay * param if weight_decay != 0 else g
-        update = _coef(lr * local, param) * d
+        coef = _coef(lr * local, param)
+        if segments is not None:
+            coef = segments.expand(coef)
+        update = coef * d
         if segments is not None and exclude_bias_and_norm:
             update = torch.where(segments.vectors, _coef(lr, param) * g, update)
     buf = state["momentum_buffer"] * momentum + update

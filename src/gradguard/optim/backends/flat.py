@@ -39,8 +39,9 @@ import torch
 from torch import Tensor
 
 from ..._validation import env_count
+from ...clip._apply import apply_clip, kept
 from ...rules import Rule, State
-from . import compiled, eager, foreach, native
+from . import compiled, foreach, native
 
 # Largest param group (in elements) that ``backend="auto"`` steps flat: above it the compiled
 # per-tensor path already runs at the memory floor, and the copies in and out of the buffer
@@ -64,11 +65,15 @@ def compile_min_numel() -> int:
 
 
 class Segments:
-    """Where each tensor of a flat buffer lies, for the rules that reduce per tensor.
+    """Where each tensor of a flat buffer lies, for the rules that reduce per tensor: they
+    take per-tensor quantities from :meth:`norm` (one value per segment), compute with them
+    per segment, and :meth:`expand` the result over the elements once.
 
     >>> seg = Segments([torch.Size([2, 2]), torch.Size([3])], torch.device("cpu"))
     >>> seg.norm(torch.tensor([3.0, 0.0, 0.0, 4.0, 1.0, 2.0, 2.0]))
-    tensor([5., 5., 5., 5., 3., 3., 3.])
+    tensor([5., 3.])
+    >>> seg.expand(torch.tensor([10.0, 20.0]))
+    tensor([10., 10., 10., 10., 20., 20., 20.])
     >>> seg.vectors
     tensor([False, False, False, False,  True,  True,  True])
     """
@@ -79,13 +84,16 @@ class Segments:
         counts = torch.tensor(self.sizes, device=device)
         self.ids = torch.repeat_interleave(torch.arange(len(shapes), device=device), counts)
         # Elements of tensors with at most one dimension (biases, norm weights).
-        self.vectors = torch.tensor([len(s) <= 1 for s in shapes], device=device)[self.ids]
+        self.vectors = self.expand(torch.tensor([len(s) <= 1 for s in shapes], device=device))
 
     def norm(self, x: Tensor) -> Tensor:
-        """The 2-norm of each element's segment, one value per element: the same per-tensor
-        norms as ``torch.linalg.vector_norm`` on each tensor (one multi-tensor call)."""
-        norms = torch._foreach_norm(list(x.split(self.sizes)), 2.0)
-        return torch.stack(norms)[self.ids]
+        """The 2-norm of each segment of ``x``: the per-tensor norms
+        ``torch.linalg.vector_norm`` gives, in one multi-tensor call."""
+        return torch.stack(torch._foreach_norm(list(x.split(self.sizes)), 2.0))
+
+    def expand(self, values: Tensor) -> Tensor:
+        """One value per segment, repeated over the segment's elements."""
+        return values.index_select(0, self.ids)
 
 
 def _scalar_keys(rule: Rule, group: Mapping[str, Any], like: Tensor) -> frozenset[str]:
@@ -231,7 +239,8 @@ class FlatGroup:
         if all(s is not None and s.dim() == 0 for s in scales):
             if self._ids is None:
                 self._ids = Segments(self.shapes, self.device).ids
-            return torch.stack([s for s in scales if s is not None]).to(self.device)[self._ids]
+            stacked = torch.stack([s for s in scales if s is not None]).to(self.device)
+            return stacked.index_select(0, self._ids)
         parts = [torch.ones((), device=self.device) if s is None else s for s in scales]
         counts = tuple(s.numel() for s in parts)
         ids = self._units.get(counts)
@@ -243,7 +252,20 @@ class FlatGroup:
                                           torch.tensor(reps, device=self.device))
             self._units[counts] = ids
         units = torch.cat([s.reshape(-1) for s in parts])
-        return units[ids]
+        return units.index_select(0, ids)
+
+    def _eager(self, rule: Rule, scale: Tensor | None, clamp: float | None,
+               skip: Tensor | None, lr: float | Tensor, hparams: dict[str, Any]) -> None:
+        """The reference update (:func:`.eager.update_tensors`) on the one flat tensor, each
+        result committed in place: one ``where`` per buffer on a step that may be skipped."""
+        if isinstance(lr, Tensor) and lr.dim() > 0:
+            lr = lr.reshape(())
+        g = apply_clip(self.g_buf, scale, clamp)
+        new_p, new_state = rule.update(self.p_buf, g, self.state, lr=lr, fresh=self.fresh,
+                                       **hparams)
+        _commit(self.p_buf, new_p, skip)
+        for key, value in new_state.items():
+            _commit(self.state[key], value, skip)
 
     def step(self, rule: Rule, group: Mapping[str, Any], params: list[Tensor],
              grads: list[Tensor], scales: list[Tensor | None], clamp: float | None,
@@ -262,13 +284,13 @@ class FlatGroup:
             path = "native"
         else:
             args = (rule.update, p, g, st, [scale], clamp, [self.fresh], skip, lr)
-            if self.segments is not None:
-                eager.update_tensors(*args, {**hparams, "segments": self.segments})
-                path = "eager"
-            elif self.numel >= compile_min_numel() and compiled.run_compiled(*args, hparams):
+            if (self.segments is None and self.numel >= compile_min_numel()
+                    and compiled.run_compiled(*args, hparams)):
                 path = "compiled"
             else:
-                eager.update_tensors(*args, hparams)
+                if self.segments is not None:
+                    hparams = {**hparams, "segments": self.segments}
+                self._eager(rule, scale, clamp, skip, lr, hparams)
                 path = "eager"
         torch._foreach_copy_(list(params), self.p_views)
         if self.fresh is not None:
@@ -277,29 +299,57 @@ class FlatGroup:
         return path
 
 
+def _commit(dst: Tensor, new: Tensor, skip: Tensor | None) -> None:
+    """``dst`` takes ``new``, or keeps its value where ``skip`` is true (as
+    :func:`.eager.commit`), in place where the shapes and dtypes agree."""
+    if skip is None:
+        dst.copy_(new)
+    elif dst.dtype == new.dtype and dst.shape == new.shape:
+        torch.where(skip, dst, new, out=dst)
+    else:
+        dst.copy_(kept(dst, new, skip))
+
+
+def _flags_allow(backend: str, group: Mapping[str, Any]) -> bool:
+    """The backend and the group's settings allow the flat layout (the tensors aside)."""
+    return (backend in ("auto", "flat") and not torch.is_grad_enabled()
+            and not group.get("differentiable") and not group.get("fused")
+            and group.get("foreach") is None)
+
+
+def _grads_fit(grads: list[Tensor], dtype: torch.dtype, device: torch.device) -> bool:
+    return all(g.dtype == dtype and g.device == device and g.layout == torch.strided
+               for g in grads)
+
+
 def wanted(backend: str, group: Mapping[str, Any], params: list[Tensor],
            grads: list[Tensor]) -> bool:
     """Whether this group's step runs flat: ``backend="flat"``, or ``"auto"`` for a group of
     at most :func:`max_numel` elements; not where torch's ``fused``/``foreach`` flags or a
     differentiable step choose a path; every parameter a dense, real, floating tensor (no
     shard) of one dtype and device, its gradient dense and of the same dtype."""
-    if backend not in ("auto", "flat") or torch.is_grad_enabled():
-        return False
-    if group.get("differentiable") or group.get("fused") or group.get("foreach") is not None:
+    if not _flags_allow(backend, group):
         return False
     p0 = params[0]
     dtype, device = p0.dtype, p0.device
-    if not dtype.is_floating_point or type(p0) not in (Tensor, torch.nn.Parameter):
+    if not dtype.is_floating_point:
         return False
-    for p, g in zip(params, grads, strict=True):
-        if (p.dtype != dtype or g.dtype != dtype or p.device != device or g.device != device
-                or g.layout != torch.strided or type(p) not in (Tensor, torch.nn.Parameter)):
-            return False
+    if not all(type(p) in (Tensor, torch.nn.Parameter) and p.dtype == dtype
+               and p.device == device for p in params) or not _grads_fit(grads, dtype, device):
+        return False
     if backend == "auto":
         return sum(p.numel() for p in params) <= max_numel()
     return True
 
 
+def still_wanted(flat: FlatGroup, backend: str, group: Mapping[str, Any],
+                 grads: list[Tensor]) -> bool:
+    """:func:`wanted` for a group whose parameters :meth:`FlatGroup.matches` has checked: only
+    the settings and the gradients can have changed."""
+    return (_flags_allow(backend, group) and _grads_fit(grads, flat.dtype, flat.device)
+            and (backend == "flat" or flat.numel <= max_numel()))
+
+
 __all__ = ["COMPILE_MIN_NUMEL", "MAX_NUMEL", "FlatGroup", "Segments", "compile_min_numel",
-           "max_numel", "wanted"]
+           "max_numel", "still_wanted", "wanted"]
 
