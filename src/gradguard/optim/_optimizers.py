@@ -13,7 +13,10 @@ between ``torch.optim.X`` and ``gradguard.X`` both ways. Every optimizer also ta
     :class:`gradguard.NonFiniteGradientError`. ``"raise"``: raise at the first bad step (this
     reads one flag on the host per step). ``"off"``: no check.
 ``backend``
-    ``"auto"`` (default, or the ``GRADGUARD_BACKEND`` environment variable): torch's native
+    ``"auto"`` (default, or the ``GRADGUARD_BACKEND`` environment variable): param groups
+    of at most 2^20 elements step flat (``"flat"`` forces it for any size where the tensors
+    allow: one call per step over flat buffers of the group's state, see
+    :mod:`gradguard.optim.backends.flat`); larger ones take torch's native
     fused kernel where one is exact for the step (Adam, AdamW, SGD, Adagrad on contiguous
     tensors; a clipped step in groups too small to compile gives it gradients clipped into
     temporaries), else the ``torch.compile``'d update, else (no compiler) the multi-tensor

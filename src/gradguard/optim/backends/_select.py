@@ -15,6 +15,9 @@ The cases, in order (the first that applies decides):
    ``auto``, or no compiler); then ``compiled``, unless the group is small under ``auto`` or
    compiling has failed in this process, which give ``foreach``.
 
+``flat`` (and ``auto`` for small groups) is decided before this, by
+:func:`.flat.wanted`; a group it does not take comes here with ``flat`` read as ``auto``.
+
 Strided tensors never reach a native kernel (:func:`.native.plan` requires contiguity); the
 compiled path flattens only contiguous tensors; complex tensors arrive as real views and
 sparse gradients take the optimizer's sparse update before any of this (see
