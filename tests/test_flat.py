@@ -189,25 +189,22 @@ def test_checkpoints_move_to_and_from_torch(name: str) -> None:
     t_params = [nn.Parameter(p.detach().clone()) for p in params]
     theirs = getattr(torch.optim, name)(t_params, **cfg)
     theirs.load_state_dict(sd)
-    for step in range(4, 8):
-        grads = make_grads(step, nan_step=None)
-        set_grads(params, grads)
-        set_grads(t_params, grads)
-        opt.step()
-        theirs.step()
-    for a, b in zip(params, t_params, strict=True):
-        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+    _step_both(range(4, 8), (opt, params), (theirs, t_params))
     # and back: torch's checkpoint into a fresh flat optimizer
     g_params = [nn.Parameter(p.detach().clone()) for p in t_params]
     ours = getattr(gradguard, name)(g_params, backend="flat", **cfg)
     ours.load_state_dict(copy.deepcopy(theirs.state_dict()))
-    for step in range(8, 12):
+    _step_both(range(8, 12), (ours, g_params), (theirs, t_params))
+
+
+def _step_both(steps: range, *runs: tuple[Any, list[nn.Parameter]]) -> None:
+    """Step every (optimizer, parameters) on the same gradients; then all parameters agree."""
+    for step in steps:
         grads = make_grads(step, nan_step=None)
-        set_grads(g_params, grads)
-        set_grads(t_params, grads)
-        ours.step()
-        theirs.step()
-    for a, b in zip(g_params, t_params, strict=True):
+        for opt, params in runs:
+            set_grads(params, grads)
+            opt.step()
+    for a, b in zip(runs[0][1], runs[1][1], strict=True):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
 
 

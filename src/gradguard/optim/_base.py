@@ -45,6 +45,11 @@ def _scalar(value: Any) -> Any:
     return value
 
 
+def _hparams(group: dict[str, Any]) -> dict[str, Any]:
+    """A group's hyperparameters of the update rule, one-element tensors as 0-d."""
+    return {k: _scalar(v) for k, v in group.items() if k not in _NOT_HPARAMS}
+
+
 def _as_real(params: list[Tensor], grads: list[Tensor], states: list[dict[str, Tensor]],
              scales: list[Tensor | None]) -> tuple[list[Tensor], list[Tensor],
                                                    list[dict[str, Tensor]],
@@ -263,9 +268,8 @@ class GuardedOptimizer(GuardReadouts, Optimizer):
             clamp = plan.clamps[ks[0]]
             flat = self._flat_group(gi, group, params, grads)
             if flat is not None:
-                hparams = {k: _scalar(v) for k, v in group.items() if k not in _NOT_HPARAMS}
                 flat.step(self.rule, group, params, grads, scales, clamp, plan.skip,
-                          _scalar(group["lr"]), hparams)
+                          _scalar(group["lr"]), _hparams(group))
                 if flat.fresh is not None:
                     for p in params:
                         self._fresh[p] = flat.fresh
@@ -368,7 +372,7 @@ class GuardedOptimizer(GuardReadouts, Optimizer):
                       skip: Tensor | None) -> None:
         """Run the update rule over one param group on the path :func:`backends.select`
         chooses. No path writes ``.grad``."""
-        hparams = {k: _scalar(v) for k, v in group.items() if k not in _NOT_HPARAMS}
+        hparams = _hparams(group)
         choice = backends.select(self.backend, self.rule, group, params, grads, states, scales,
                                  clamp)
         backends.run(choice, self.rule, group, params, grads, states, scales, clamp, fresh,

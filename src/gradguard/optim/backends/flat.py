@@ -41,7 +41,7 @@ from torch import Tensor
 from ..._validation import env_count
 from ...clip._apply import apply_clip, kept
 from ...rules import Rule, State
-from . import compiled, foreach, native
+from . import _select, compiled, native
 
 # Largest param group (in elements) that ``backend="auto"`` steps flat: above it the compiled
 # per-tensor path already runs at the memory floor, and the copies in and out of the buffer
@@ -64,6 +64,12 @@ def compile_min_numel() -> int:
     return env_count("GRADGUARD_FLAT_COMPILE_MIN_NUMEL", COMPILE_MIN_NUMEL)
 
 
+def _segment_ids(sizes: list[int], device: torch.device) -> Tensor:
+    """For every element of a flat buffer of tensors of ``sizes``, its tensor's index."""
+    return torch.repeat_interleave(torch.arange(len(sizes), device=device),
+                                   torch.tensor(sizes, device=device))
+
+
 class Segments:
     """Where each tensor of a flat buffer lies, for the rules that reduce per tensor: they
     take per-tensor quantities from :meth:`norm` (one value per segment), compute with them
@@ -81,8 +87,7 @@ class Segments:
     def __init__(self, shapes: list[torch.Size], device: torch.device) -> None:
         self.shapes = shapes
         self.sizes = [s.numel() for s in shapes]
-        counts = torch.tensor(self.sizes, device=device)
-        self.ids = torch.repeat_interleave(torch.arange(len(shapes), device=device), counts)
+        self.ids = _segment_ids(self.sizes, device)
         # Elements of tensors with at most one dimension (biases, norm weights).
         self.vectors = self.expand(torch.tensor([len(s) <= 1 for s in shapes], device=device))
 
@@ -109,6 +114,7 @@ class FlatGroup:
     def __init__(self) -> None:
         self.params: tuple[Tensor, ...] = ()
         self.shapes: list[torch.Size] = []
+        self.sizes: list[int] = []
         self.dtype = torch.float32
         self.device = torch.device("cpu")
         self.numel = 0
@@ -139,7 +145,7 @@ class FlatGroup:
         self.params = tuple(params)
         self.shapes = [p.shape for p in params]
         self.dtype, self.device = p0.dtype, p0.device
-        sizes = [p.numel() for p in params]
+        sizes = self.sizes = [p.numel() for p in params]
         self.numel = sum(sizes)
         keys = list(states[0])
         scalar = _scalar_keys(rule, group, p0)
@@ -238,7 +244,7 @@ class FlatGroup:
             return None
         if all(s is not None and s.dim() == 0 for s in scales):
             if self._ids is None:
-                self._ids = Segments(self.shapes, self.device).ids
+                self._ids = _segment_ids(self.sizes, self.device)
             stacked = torch.stack([s for s in scales if s is not None]).to(self.device)
             return stacked.index_select(0, self._ids)
         parts = [torch.ones((), device=self.device) if s is None else s for s in scales]
@@ -278,9 +284,8 @@ class FlatGroup:
         p, g, st = [self.p_buf], [self.g_buf], [self.state]
         how = native.plan(rule.name, group, p, g, st, [scale], clamp)
         if how != "none":
-            native.KERNELS[rule.name].run(
-                group, p, foreach.clipped_grads(g, [scale], clamp) if how == "prescaled"
-                else g, st, skip)
+            _select.run(_select.Choice("native", prescaled=how == "prescaled"), rule, group,
+                        p, g, st, [scale], clamp, [self.fresh], skip, lr, hparams)
             path = "native"
         else:
             args = (rule.update, p, g, st, [scale], clamp, [self.fresh], skip, lr)
