@@ -223,7 +223,7 @@ def _check_summary_matches_runs(summary: dict, runs: list[dict], md: str) -> Non
 def test_interrupted_sweep_resumes_without_retraining(tmp_path: Path) -> None:
     out = tmp_path / "sweep"
     args = ["compare", "--task", "digits", "--optimizers", "adam", "--clip", "none",
-            "--lr", "1e-4:1e-2:5", "--seeds", "2", "--steps", "150", "--eval-every", "50",
+            "--lr", "1e-4:1e-2:5", "--seeds", "2", "--steps", "400", "--eval-every", "50",
             "--workers", "2", "--no-progress", "--out", str(out)]
     env = dict(os.environ, PYTHONPATH=str(ROOT / "src"))
     proc = subprocess.Popen([sys.executable, "-m", "gradguard", *args], env=env,
