@@ -19,9 +19,7 @@ from typing import Any
 
 import torch
 from torch import Tensor
-from torch.optim import adagrad as torch_adagrad
-from torch.optim import adam as torch_adam
-from torch.optim import sgd as torch_sgd
+from torch.optim.optimizer import _to_scalar
 
 from ...clip._dist import is_dtensor
 from ...rules import State
@@ -34,35 +32,60 @@ def _found_inf(skip: Tensor | None) -> Tensor | None:
     return None if skip is None else skip.to(torch.float32)
 
 
+def _lr(lr: float | Tensor, device: torch.device) -> float | Tensor:
+    """The learning rate as torch's fused wrappers hand it to the kernel: a tensor off the
+    CPU moves to the parameters' device, anything else is passed as it is."""
+    if isinstance(lr, Tensor) and lr.device.type != "cpu" and lr.device != device:
+        return lr.to(device=device, non_blocking=True)
+    return lr
+
+
+# The kernels are called directly, as torch.optim's fused functions call them, for one
+# device and dtype (:func:`plan` admits nothing else), without their per-call grouping of
+# the tensors by device and dtype: on a flat group that grouping cost more than the kernel.
+
+
 def _sgd(group: Group, params: list[Tensor], grads: list[Tensor], states: list[State],
          skip: Tensor | None) -> None:
     momentum = group["momentum"]
-    buffers: list[Tensor | None] = (
-        [s["momentum_buffer"] for s in states] if momentum != 0 else [None] * len(params))
-    torch_sgd.sgd(
-        params, grads, buffers, fused=True, found_inf=_found_inf(skip),
-        weight_decay=group["weight_decay"], momentum=momentum, lr=group["lr"],
-        dampening=group["dampening"], nesterov=group["nesterov"], maximize=group["maximize"])
+    # Our momentum buffers exist from the first step (zeros, see `fresh`): never torch's
+    # "first step" that clones the gradient into a missing buffer.
+    buffers = [s["momentum_buffer"] for s in states] if momentum != 0 else []
+    torch._fused_sgd_(
+        params, grads, buffers, weight_decay=group["weight_decay"], momentum=momentum,
+        lr=_lr(group["lr"], params[0].device), dampening=group["dampening"],
+        nesterov=group["nesterov"], maximize=group["maximize"], is_first_step=False,
+        grad_scale=None, found_inf=_found_inf(skip))
 
 
 def _adam(group: Group, params: list[Tensor], grads: list[Tensor], states: list[State],
           skip: Tensor | None) -> None:
     beta1, beta2 = group["betas"]
-    torch_adam.adam(
+    steps = [s["step"] for s in states]
+    found_inf = _found_inf(skip)
+    torch._foreach_add_(steps, 1)
+    kernel = torch._fused_adamw_ if group["decoupled_weight_decay"] else torch._fused_adam_
+    kernel(
         params, grads, [s["exp_avg"] for s in states], [s["exp_avg_sq"] for s in states],
-        [s["max_exp_avg_sq"] for s in states] if group["amsgrad"] else [],
-        [s["step"] for s in states], fused=True, found_inf=_found_inf(skip),
-        decoupled_weight_decay=group["decoupled_weight_decay"], amsgrad=group["amsgrad"],
-        beta1=beta1, beta2=beta2, lr=group["lr"], weight_decay=group["weight_decay"],
-        eps=group["eps"], maximize=group["maximize"])
+        [s["max_exp_avg_sq"] for s in states] if group["amsgrad"] else [], steps,
+        amsgrad=group["amsgrad"], lr=_lr(group["lr"], params[0].device),
+        beta1=_to_scalar(beta1), beta2=_to_scalar(beta2), weight_decay=group["weight_decay"],
+        eps=group["eps"], maximize=group["maximize"], grad_scale=None, found_inf=found_inf)
+    if found_inf is not None:
+        torch._foreach_sub_(steps, [found_inf] * len(steps))
 
 
 def _adagrad(group: Group, params: list[Tensor], grads: list[Tensor], states: list[State],
              skip: Tensor | None) -> None:
-    torch_adagrad.adagrad(
-        params, grads, [s["sum"] for s in states], [s["step"] for s in states], fused=True,
-        found_inf=_found_inf(skip), lr=group["lr"], weight_decay=group["weight_decay"],
-        lr_decay=group["lr_decay"], eps=group["eps"], maximize=group["maximize"])
+    steps = [s["step"] for s in states]
+    found_inf = _found_inf(skip)
+    torch._foreach_add_(steps, 1)
+    torch._fused_adagrad_(
+        params, grads, [s["sum"] for s in states], steps, lr=_lr(group["lr"], params[0].device),
+        lr_decay=group["lr_decay"], weight_decay=group["weight_decay"], eps=group["eps"],
+        maximize=group["maximize"], grad_scale=None, found_inf=found_inf)
+    if found_inf is not None:
+        torch._foreach_sub_(steps, [found_inf] * len(steps))
 
 
 @dataclass(frozen=True)
