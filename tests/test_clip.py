@@ -781,3 +781,57 @@ def test_agc_decides_the_same_all_at_once(monkeypatch: pytest.MonkeyPatch) -> No
         assert a is not None and b is not None
         assert a.shape == b.shape
         torch.testing.assert_close(a, b)
+
+
+# --------------------------------------------------------------------------------------
+# norms of gradients laid end to end in flat buffers (a param group stepped flat)
+# --------------------------------------------------------------------------------------
+
+
+@given(shapes=_SHAPES, cut=st.integers(0, 6), seed=st.integers(0, 2**16),
+       norm_type=st.sampled_from([1.0, 2.0, math.inf]))
+@settings(max_examples=60, deadline=None)
+def test_laid_total_is_the_per_tensor_total(shapes: list[tuple[int, ...]], cut: int, seed: int,
+                                            norm_type: float) -> None:
+    """The total norm of whole runs of gradients laid in flat buffers (one reduction per
+    buffer) equals the one combined from per-tensor norms, for every run, for both runs
+    together, and for index lists that are not whole runs (which take the per-tensor route)."""
+    from gradguard.clip._stats import GradStats
+
+    # (torch has no inf-norm of an empty tensor, per tensor or in one buffer)
+    assume(norm_type != math.inf or all(math.prod(s) for s in shapes))
+    gen = torch.Generator().manual_seed(seed)
+    grads = [torch.randn(s, generator=gen) * 10 for s in shapes]
+    params = [torch.zeros(s) for s in shapes]
+    cut = min(cut, len(shapes))
+    runs = [(0, cut), (cut, len(shapes))]
+    laid = [(a, b, torch.cat([g.reshape(-1) for g in grads[a:b]] or [torch.zeros(0)]))
+            for a, b in runs if b > a]
+    queries = [list(range(a, b)) for a, b in runs if b > a] + [list(range(len(shapes)))]
+    if len(shapes) > 1:
+        queries += [list(range(1, len(shapes))), [len(shapes) - 1, 0]]
+    for idx in queries:
+        fast = GradStats(params, grads, laid=laid).total_norm(idx, norm_type)
+        slow = GradStats(params, grads).total_norm(idx, norm_type)
+        assert fast.dtype == slow.dtype
+        torch.testing.assert_close(fast, slow, rtol=1e-5, atol=1e-6)
+
+
+def test_laid_total_takes_one_reduction_per_buffer(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Whole runs are measured over their buffers, never tensor by tensor; with GradScaler's
+    multiplier (float32 gradients are unscaled tensor by tensor first) they are not."""
+    from gradguard.clip import _stats
+
+    gen = torch.Generator().manual_seed(0)
+    grads = [torch.randn(4, 3, generator=gen), torch.randn(3, generator=gen)]
+    params = [torch.zeros_like(g) for g in grads]
+    laid = [(0, 2, torch.cat([g.reshape(-1) for g in grads]))]
+    calls: list[int] = []
+    measure = _stats.measure
+    monkeypatch.setattr(_stats, "measure", lambda ts, n: calls.append(len(ts)) or measure(ts, n))
+    total = _stats.GradStats(params, grads, laid=laid).total_norm([0, 1])
+    torch.testing.assert_close(total, torch.linalg.vector_norm(laid[0][2]))
+    assert calls == []
+    scaled = _stats.GradStats(params, grads, multiplier=torch.tensor(0.5), laid=laid)
+    torch.testing.assert_close(scaled.total_norm([0, 1]), total * 0.5)
+    assert calls  # per tensor

@@ -420,3 +420,55 @@ def test_default_training_steps_flat(name: str, monkeypatch: pytest.MonkeyPatch,
     assert sum(flat_paths[p] for p in ("native", "compiled", "eager")) == 30
     for a, b in zip(models[0].parameters(), models[1].parameters(), strict=True):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
+
+
+def test_flat_step_measures_no_per_tensor_norm(monkeypatch: pytest.MonkeyPatch,
+                                               flat_paths: Counter[str]) -> None:
+    """A flat group's total gradient norm (the guard's and the global clip's) is one reduction
+    over its gradient buffer: no per-tensor norm is measured on a step whose clip needs only
+    the total, and no Monitor reads them."""
+    from gradguard.clip import _stats
+
+    calls: list[int] = []
+    measure = _stats.measure
+    monkeypatch.setattr(_stats, "measure", lambda ts, n: calls.append(len(ts)) or measure(ts, n))
+    pa, pb = make_params(), make_params()
+    for clip in (None, "global_norm:1"):
+        oa = gradguard.Adam(pa, lr=1e-2, clip=clip, backend="flat")
+        ob = gradguard.Adam(pb, lr=1e-2, clip=clip, backend="eager")
+        for step in range(4):
+            grads = make_grads(step, nan_step=None)
+            calls.clear()
+            set_grads(pa, grads)
+            oa.step()
+            assert flat_paths["native"] and calls == []
+            set_grads(pb, grads)
+            ob.step()
+            assert calls  # the per-tensor path measures tensor by tensor
+        for a, b in zip(pa, pb, strict=True):
+            torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+        assert oa.last_step is not None and ob.last_step is not None
+        torch.testing.assert_close(oa.last_step.grad_norm, ob.last_step.grad_norm)
+
+
+def test_monitor_reads_per_layer_norms_of_a_flat_step() -> None:
+    """With a Monitor attached, a flat step keeps each step's per-tensor gradient norms (those
+    torch measures), and stops keeping them once the Monitor is closed."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(5, 4), nn.Tanh(), nn.Linear(4, 2))
+    opt = gradguard.Adam(model.parameters(), lr=1e-2, clip="global_norm:1", backend="flat")
+    x = torch.randn(16, 5)
+    mon = gradguard.Monitor(model, opt, interval=1, print_summary=False)
+    opt.zero_grad()
+    model(x).pow(2).mean().backward()
+    expected = [torch.linalg.vector_norm(p.grad) for p in model.parameters()]
+    opt.step()
+    assert opt.__dict__.get("_flat")
+    assert opt._core.last_stats is not None
+    for got, want in zip(opt._core.last_stats[1], expected, strict=True):
+        torch.testing.assert_close(got, want)
+    mon.close()
+    opt.zero_grad()
+    model(x).pow(2).mean().backward()
+    opt.step()
+    assert opt._core.last_stats is None

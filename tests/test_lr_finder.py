@@ -338,6 +338,7 @@ def test_guard_core_snapshot_restores_the_same_state_every_time() -> None:
     opt = gradguard.AdamW([{"params": [model.weight]},
                            {"params": [model.bias], "clip": "auto:10"}],
                           lr=1e-2, clip="zclip:2.5:warmup=3")
+    opt._core.norm_readers = 1  # as a Monitor does: every step keeps its last_stats
     train_zclip(model, opt, 8, spike_at=6, nan_at=7)
     core = opt._core
     clip, last_stats = core.clip, core.last_stats

@@ -141,6 +141,12 @@ class GradStats:
     optimizers do). ``param_norms`` lists tensors whose parameter norm a policy will ask for
     (AGC's vectors): for sharded ones it rides in that same all-reduce.
 
+    ``laid`` lists runs of gradients that lie end to end in one flat buffer, as
+    ``(start, stop, buffer)`` (a param group stepped flat, see
+    :mod:`gradguard.optim.backends.flat`): the norm of whole runs taken together is then one
+    reduction over their buffers, not one per tensor (where no multiplier or backward record
+    changes what is measured).
+
     >>> g = [torch.tensor([3.0, 4.0]), torch.tensor([0.0])]
     >>> stats = GradStats([torch.zeros(2), torch.zeros(1)], g)
     >>> stats.total_norm([0, 1])
@@ -149,7 +155,8 @@ class GradStats:
 
     def __init__(self, params: list[Tensor], grads: list[Tensor],
                  hooks: GradHooks | None = None, multiplier: Tensor | None = None,
-                 param_norms: Iterable[int] = ()) -> None:
+                 param_norms: Iterable[int] = (),
+                 laid: Iterable[tuple[int, int, Tensor]] = ()) -> None:
         self.params = params
         self.grads = grads
         self.hooks = hooks
@@ -160,6 +167,7 @@ class GradStats:
         self._groups: list[Groups] | None = None
         self._want_param_norms = tuple(param_norms)
         self._param_norms: dict[int, Tensor] = {}
+        self._laid = {start: (stop, buf) for start, stop, buf in laid}
 
     def shard_groups(self) -> list[Groups]:
         """The process groups each gradient is sharded over (all empty unless DTensors)."""
@@ -245,10 +253,36 @@ class GradStats:
         key = (float(norm_type), tuple(idx))
         total = self._totals.get(key)
         if total is None:
-            norms = self.norms(norm_type)
-            total = combine_norms([norms[i] for i in idx], norm_type)
+            total = self._laid_total(idx, norm_type)
+            if total is None:
+                norms = self.norms(norm_type)
+                total = combine_norms([norms[i] for i in idx], norm_type)
             self._totals[key] = total
         return total
+
+    def _laid_total(self, idx: list[int], norm_type: float) -> Tensor | None:
+        """The norm of the gradients at ``idx`` from the flat buffers they lie in, where
+        ``idx`` is a sequence of whole runs of ``laid`` and the gradients are measured as they
+        are (no multiplier, no norm recorded in backward); else None. The same norm as the
+        per-tensor route up to rounding: a p-norm of a concatenation is the p-norm of its
+        parts' p-norms."""
+        if (not self._laid or norm_type not in (1.0, 2.0, math.inf)
+                or self.multiplier is not None
+                or (self.hooks is not None and self.hooks.recorded())):
+            return None
+        parts: list[Tensor] = []
+        pos = 0
+        while pos < len(idx):
+            run = self._laid.get(idx[pos])
+            if run is None:
+                return None
+            stop, buf = run
+            n = stop - idx[pos]
+            if idx[pos:pos + n] != list(range(idx[pos], stop)):
+                return None
+            parts.append(vector_norm(buf, norm_type))
+            pos += n
+        return parts[0] if len(parts) == 1 else combine_norms(parts, norm_type)
 
     def unit_norms(self, i: int) -> Tensor:
         """Unit-wise gradient norms of tensor ``i`` (see :func:`unitwise_norm`); for a sharded

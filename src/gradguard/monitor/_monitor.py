@@ -88,6 +88,8 @@ class Monitor:
         self.optimizer = optimizer
         opt: Any = optimizer
         self._core: Any = opt._core
+        # The optimizer keeps each step's per-tensor gradient norms while a Monitor reads them.
+        self._core.norm_readers = getattr(self._core, "norm_readers", 0) + 1
         self.interval = interval
         self.writers = list(writers)
         self.detectors = list(default_detectors() if detectors is None else detectors)
@@ -323,6 +325,7 @@ class Monitor:
         for h in self._handles:
             h.remove()
         self._handles = []
+        self._core.norm_readers = max(0, getattr(self._core, "norm_readers", 1) - 1)
         for w in self.writers:
             w.close()
         self._closed = True

@@ -252,9 +252,11 @@ class GuardedOptimizer(GuardReadouts, Optimizer):
     def _step(self) -> None:
         self._check_grads()
         differentiable = torch.is_grad_enabled()
+        flats, laid = self._lay_flat()
         # Set by torch.amp.GradScaler.step (we declare _step_supports_amp_scaling).
         plan = self._core.plan(self.param_groups, None if differentiable else self._hooks,
-                               getattr(self, "grad_scale", None), getattr(self, "found_inf", None))
+                               getattr(self, "grad_scale", None), getattr(self, "found_inf", None),
+                               laid)
         if plan is None:
             return
         by_group: dict[int, list[int]] = {}
@@ -266,9 +268,9 @@ class GuardedOptimizer(GuardReadouts, Optimizer):
             grads = [plan.grads[k] for k in ks]
             scales = [plan.scales[k] for k in ks]
             clamp = plan.clamps[ks[0]]
-            flat = self._flat_group(gi, group, params, grads)
+            flat = flats.get(gi)
             if flat is not None:
-                flat.step(self.rule, group, params, grads, scales, clamp, plan.skip,
+                flat.step(self.rule, group, params, scales, clamp, plan.skip,
                           _scalar(group["lr"]), _hparams(group))
                 if flat.fresh is not None:
                     for p in params:
@@ -304,6 +306,26 @@ class GuardedOptimizer(GuardReadouts, Optimizer):
                     self._fresh[p] = (f & plan.skip if plan.skip is not None
                                       else torch.zeros_like(f))
         self._core.finish(plan, self.param_groups)
+
+    def _lay_flat(self) -> tuple[dict[int, backends.FlatGroup], list[tuple[int, int, Tensor]]]:
+        """Before the plan: the param groups that step flat (by index), their gradients copied
+        into their buffers, and where those gradients lie in the step's order of gradients
+        (``(start, stop, buffer)``, for the plan's norms)."""
+        flats: dict[int, backends.FlatGroup] = {}
+        laid: list[tuple[int, int, Tensor]] = []
+        start = 0
+        for gi, group in enumerate(self.param_groups):
+            params = [p for p in group["params"] if p.grad is not None]
+            if not params:
+                continue
+            grads = [p.grad for p in params if p.grad is not None]
+            flat = self._flat_group(gi, group, params, grads)
+            if flat is not None:
+                flat.load_grads(grads)
+                flats[gi] = flat
+                laid.append((start, start + len(params), flat.g_buf))
+            start += len(params)
+        return flats, laid
 
     def _flat_group(self, gi: int, group: dict[str, Any], params: list[Tensor],
                     grads: list[Tensor]) -> backends.FlatGroup | None:

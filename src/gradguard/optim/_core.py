@@ -9,6 +9,7 @@ around any other optimizer. Nothing on a healthy step reads a value on the host.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import Any
 
 import torch
@@ -32,8 +33,11 @@ class GuardCore:
         self.skipped_steps: Tensor | None = None
         self.consecutive_skips: Tensor | None = None
         self.last_step: StepRecord | None = None
-        # (parameters, their gradient norms) of the last step, for gradguard.Monitor.
+        # (parameters, their gradient norms) of the last step, for gradguard.Monitor: kept
+        # while a Monitor reads them (norm_readers > 0), else None (the per-tensor norms of a
+        # step that needs only their total are never computed).
         self.last_stats: tuple[list[Tensor], list[Tensor]] | None = None
+        self.norm_readers = 0
         self._mirror: _guard.HostMirror | None = None
 
     def __getstate__(self) -> dict[str, Any]:
@@ -57,8 +61,8 @@ class GuardCore:
 
     # -- a step -----------------------------------------------------------------------------
     def plan(self, param_groups: list[dict[str, Any]], hooks: GradHooks | None = None,
-             grad_scale: Tensor | None = None,
-             found_inf: Tensor | None = None) -> StepPlan | None:
+             grad_scale: Tensor | None = None, found_inf: Tensor | None = None,
+             laid: Iterable[tuple[int, int, Tensor]] = ()) -> StepPlan | None:
         """Gather the gradients, decide the clip and the skip. None when no parameter has a
         gradient.
 
@@ -68,7 +72,9 @@ class GuardCore:
         times the inverse scale, the inverse scale joins the clip scale, and a found inf skips
         the step. ``found_inf`` without ``grad_scale`` means GradScaler.unscale_ already ran: it
         rescaled the gradients in place without bumping their version counters (on the CPU),
-        so the norms measured in backward are not used.
+        so the norms measured in backward are not used. ``laid``: runs of the gradients (in
+        the order of the param groups) already copied into flat buffers, ``(start, stop,
+        buffer)``, whose norms are then taken over the buffers.
         """
         self.poll(param_groups)
         params, grads, owners = _stats.gather(param_groups)
@@ -78,7 +84,7 @@ class GuardCore:
             hooks = None
         multiplier = None if grad_scale is None else 1.0 / grad_scale.to(torch.float32)
         buckets = _decide.buckets(owners, param_groups, self.policy_of)
-        stats = _stats.measure(params, grads, hooks, multiplier, buckets)
+        stats = _stats.measure(params, grads, hooks, multiplier, buckets, laid)
         grad_norm = stats.total_norm(list(range(len(grads))))
         skip, nonfinite, blame = _guard.skip_of(grad_norm, self.nonfinite, param_groups,
                                                 grad_scale, found_inf)
@@ -103,7 +109,8 @@ class GuardCore:
             (self.clipped_steps.to(device), self.skipped_steps.to(device),
              self.consecutive_skips.to(device)), rec.clipped, rec.skipped, blame)
         self.last_step = rec
-        self.last_stats = (plan.params, plan.stats.norms())
+        self.last_stats = ((plan.params, plan.stats.norms())
+                           if getattr(self, "norm_readers", 0) else None)
         if self.nonfinite == "raise":
             if bool(blame):  # the user asked for an error on every bad step: one read
                 raise _guard.error(plan.params, plan.stats, param_groups, 1,

@@ -39,9 +39,11 @@ def make_hooks(policies: Iterable[ClipPolicy | None],
 
 def measure(params: list[Tensor], grads: list[Tensor], hooks: GradHooks | None,
             multiplier: Tensor | None,
-            buckets: Iterable[tuple[ClipPolicy, list[int]]]) -> GradStats:
+            buckets: Iterable[tuple[ClipPolicy, list[int]]],
+            laid: Iterable[tuple[int, int, Tensor]] = ()) -> GradStats:
     """The step's statistics. Sharded gradients: the vector parameter norms a policy needs
-    (AGC's) join the one all-reduce of the norms."""
+    (AGC's) join the one all-reduce of the norms. ``laid``: gradients already copied into flat
+    buffers (see :class:`~gradguard.clip.GradStats`)."""
     param_norms = [k for policy, idx in buckets if policy.needs.param_norms
                    for k in idx] if any(is_dtensor(g) for g in grads) else []
-    return GradStats(params, grads, hooks, multiplier, param_norms)
+    return GradStats(params, grads, hooks, multiplier, param_norms, laid)

@@ -7,9 +7,11 @@ segment, so the state dict keeps torch's layout (per-parameter tensors, torch's 
 0-d entries (``step``, NAdam's ``mu_product``) of a flat group are equal by construction (the
 flat step advances all of them together) and share one 0-d tensor. Each step:
 
-1. the gradients and the parameters are copied into flat buffers (two ``_foreach_copy_``
-   calls; parameters are not moved into the buffer: ``model.to()``, ``load_state_dict`` and
-   ``p.data`` writes keep working as they do with torch.optim);
+1. the gradients are copied into their flat buffer before the step's plan (one
+   ``_foreach_copy_``; the plan's norms of whole groups are then one reduction over the
+   buffer), the parameters into theirs at the update (parameters are not moved into the
+   buffer: ``model.to()``, ``load_state_dict`` and ``p.data`` writes keep working as they do
+   with torch.optim);
 2. the clip decision becomes one scale for the buffer (the global scale as it is; per-tensor
    and per-unit scales expanded over their segments by one index);
 3. the update rule runs once over the buffers: torch's fused kernel where it is exact, the
@@ -32,6 +34,7 @@ steps), the group takes the per-tensor paths.
 
 from __future__ import annotations
 
+import operator
 from collections.abc import Mapping
 from typing import Any
 
@@ -62,6 +65,9 @@ def compile_min_numel() -> int:
     """``GRADGUARD_FLAT_COMPILE_MIN_NUMEL`` if set (an integer >= 0), else
     :data:`COMPILE_MIN_NUMEL`."""
     return env_count("GRADGUARD_FLAT_COMPILE_MIN_NUMEL", COMPILE_MIN_NUMEL)
+
+
+_meta = operator.attrgetter("shape", "dtype", "device")
 
 
 def _segment_ids(sizes: list[int], device: torch.device) -> Tensor:
@@ -128,6 +134,12 @@ class FlatGroup:
         self.segments: Segments | None = None
         self._ids: Tensor | None = None
         self._units: dict[tuple[int, ...], Tensor] = {}
+        self._metas: list[tuple[torch.Size, torch.dtype, torch.device]] = []
+        self._dicts: list[dict[str, Tensor]] = []
+        self._lens: list[int] = []
+        self._owners: list[dict[str, Tensor]] = []
+        self._keys: list[str] = []
+        self._views: list[Tensor] = []
 
     # -- building ---------------------------------------------------------------------------
     @classmethod
@@ -199,29 +211,34 @@ class FlatGroup:
                                                    strict=True)]
         if rule.per_tensor:
             self.segments = Segments(self.shapes, self.device)
+        self._cache_checks()
         return self
+
+    def _cache_checks(self) -> None:
+        """The flat lists :meth:`matches` compares against."""
+        self._metas = [_meta(p) for p in self.params]
+        self._dicts = [st for st, _ in self.entries]
+        self._lens = [len(mine) for _, mine in self.entries]
+        triples = [(st, k, v) for st, mine in self.entries for k, v in mine.items()]
+        self._owners = [t[0] for t in triples]
+        self._keys = [t[1] for t in triples]
+        self._views = [t[2] for t in triples]
 
     def matches(self, params: list[Tensor], state: Mapping[Tensor, Any]) -> bool:
         """Whether these buffers still hold ``params``' state: the same parameter objects
         (with the same shapes, dtype and device) and every state entry still the view it was
-        given. No host read."""
-        if len(params) != len(self.params):
+        given. No host read; every check is one pass in C over cached lists."""
+        if len(params) != len(self.params) or not all(map(operator.is_, params, self.params)):
             return False
-        dtype, device = self.dtype, self.device
-        for p, q, shape, (st, mine) in zip(params, self.params, self.shapes, self.entries,
-                                           strict=True):
-            if p is not q or p.shape != shape or p.dtype != dtype or p.device != device:
-                return False
-            if not mine:  # stateless (SGD without momentum): torch keeps no entry either
-                if state.get(p):
-                    return False
-                continue
-            if state.get(p) is not st or len(st) != len(mine):
-                return False
-            for key, view in mine.items():
-                if st.get(key) is not view:
-                    return False
-        return True
+        if list(map(_meta, params)) != self._metas:
+            return False
+        if not self._views:  # stateless (SGD without momentum): torch keeps no entry either
+            return not any(map(state.get, params))
+        sts = self._dicts
+        return (all(map(operator.is_, map(state.get, params), sts))
+                and list(map(len, sts)) == self._lens
+                and all(map(operator.is_, map(dict.get, self._owners, self._keys),
+                            self._views)))
 
     def release(self) -> None:
         """Give every parameter 0-d state entries of its own again (the per-tensor paths
@@ -232,6 +249,7 @@ class FlatGroup:
                 if view.dim() == 0 and st.get(key) is view:
                     st[key] = view.clone()
         self.entries = []
+        self.params = ()  # matches nothing from here on
 
     # -- a step -----------------------------------------------------------------------------
     def _scale(self, scales: list[Tensor | None]) -> Tensor | None:
@@ -273,12 +291,17 @@ class FlatGroup:
         for key, value in new_state.items():
             _commit(self.state[key], value, skip)
 
-    def step(self, rule: Rule, group: Mapping[str, Any], params: list[Tensor],
-             grads: list[Tensor], scales: list[Tensor | None], clamp: float | None,
-             skip: Tensor | None, lr: float | Tensor, hparams: dict[str, Any]) -> str:
-        """Take the group's step over the buffers; returns the path the update took
-        (``"native"``, ``"compiled"`` or ``"eager"``)."""
+    def load_grads(self, grads: list[Tensor]) -> None:
+        """Copy the step's gradients into the gradient buffer (before the plan, whose norms
+        are then taken over the buffer)."""
         torch._foreach_copy_(self.g_views, grads)
+
+    def step(self, rule: Rule, group: Mapping[str, Any], params: list[Tensor],
+             scales: list[Tensor | None], clamp: float | None, skip: Tensor | None,
+             lr: float | Tensor, hparams: dict[str, Any]) -> str:
+        """Take the group's step over the buffers, the gradients loaded by
+        :meth:`load_grads`; returns the path the update took (``"native"``, ``"compiled"``
+        or ``"eager"``)."""
         torch._foreach_copy_(self.p_views, params)
         scale = self._scale(scales)
         p, g, st = [self.p_buf], [self.g_buf], [self.state]
