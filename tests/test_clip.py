@@ -788,6 +788,17 @@ def test_agc_decides_the_same_all_at_once(monkeypatch: pytest.MonkeyPatch) -> No
 # --------------------------------------------------------------------------------------
 
 
+def _laid(a: int, b: int, grads: list[torch.Tensor], params: list[torch.Tensor]) -> Any:
+    """Gradients and parameters a..b-1 laid end to end, as a flat group lays them."""
+    from gradguard.clip._stats import FlatLayout, Laid
+
+    def cat(ts: list[torch.Tensor]) -> torch.Tensor:
+        return torch.cat([t.reshape(-1) for t in ts])
+
+    return Laid(a, b, cat(grads[a:b]), cat(params[a:b]),
+                FlatLayout([g.shape for g in grads[a:b]], torch.device("cpu")))
+
+
 @given(shapes=_SHAPES, cut=st.integers(0, 6), seed=st.integers(0, 2**16),
        norm_type=st.sampled_from([1.0, 2.0, math.inf]))
 @settings(max_examples=60, deadline=None)
@@ -805,8 +816,7 @@ def test_laid_total_is_the_per_tensor_total(shapes: list[tuple[int, ...]], cut: 
     params = [torch.zeros(s) for s in shapes]
     cut = min(cut, len(shapes))
     runs = [(0, cut), (cut, len(shapes))]
-    laid = [(a, b, torch.cat([g.reshape(-1) for g in grads[a:b]] or [torch.zeros(0)]))
-            for a, b in runs if b > a]
+    laid = [_laid(a, b, grads, params) for a, b in runs if b > a]
     queries = [list(range(a, b)) for a, b in runs if b > a] + [list(range(len(shapes)))]
     if len(shapes) > 1:
         queries += [list(range(1, len(shapes))), [len(shapes) - 1, 0]]
@@ -825,13 +835,48 @@ def test_laid_total_takes_one_reduction_per_buffer(monkeypatch: pytest.MonkeyPat
     gen = torch.Generator().manual_seed(0)
     grads = [torch.randn(4, 3, generator=gen), torch.randn(3, generator=gen)]
     params = [torch.zeros_like(g) for g in grads]
-    laid = [(0, 2, torch.cat([g.reshape(-1) for g in grads]))]
+    laid = [_laid(0, 2, grads, params)]
     calls: list[int] = []
     measure = _stats.measure
     monkeypatch.setattr(_stats, "measure", lambda ts, n: calls.append(len(ts)) or measure(ts, n))
     total = _stats.GradStats(params, grads, laid=laid).total_norm([0, 1])
-    torch.testing.assert_close(total, torch.linalg.vector_norm(laid[0][2]))
+    torch.testing.assert_close(total, torch.linalg.vector_norm(laid[0].grads))
     assert calls == []
     scaled = _stats.GradStats(params, grads, multiplier=torch.tensor(0.5), laid=laid)
     torch.testing.assert_close(scaled.total_norm([0, 1]), total * 0.5)
     assert calls  # per tensor
+
+
+@given(shapes=_SHAPES, cut=st.integers(0, 6), seed=st.integers(0, 2**16))
+@settings(max_examples=60, deadline=None)
+def test_laid_unit_norms_are_the_per_tensor_unit_norms(shapes: list[tuple[int, ...]], cut: int,
+                                                      seed: int) -> None:
+    """Unit-wise norms of gradients and parameters laid in flat buffers (a few row-norm calls
+    per run of units of one length) are, tensor by tensor, unitwise_norm of each; and AGC's
+    decision from them is the one measured tensor by tensor."""
+    from gradguard.clip._stats import GradStats, unitwise_norm
+
+    gen = torch.Generator().manual_seed(seed)
+    params = [torch.randn(s, generator=gen) for s in shapes]
+    grads = [torch.randn(s, generator=gen) * 10 for s in shapes]
+    cut = min(cut, len(shapes))
+    laid = [_laid(a, b, grads, params) for a, b in ((0, cut), (cut, len(shapes))) if b > a]
+    idx = list(range(len(shapes)))
+    stats = GradStats(params, grads, laid=laid)
+    together = stats.units_together(idx)
+    if sum(1 if len(s) <= 1 else s[0] for s in shapes) == 0:
+        assert together is None
+        return
+    assert together is not None
+    g_all, p_all, counts, unit_shapes = together
+    for i, (g_part, p_part) in enumerate(zip(g_all.split(counts), p_all.split(counts),
+                                             strict=True)):
+        torch.testing.assert_close(g_part.view(unit_shapes[i]), unitwise_norm(grads[i]))
+        torch.testing.assert_close(p_part.view(unit_shapes[i]), unitwise_norm(params[i]))
+    fast = gclip.AGC(0.05).decide(stats, idx, None)
+    slow = gclip.AGC(0.05).decide(GradStats(params, grads), idx, None)
+    torch.testing.assert_close(fast.min_scale, slow.min_scale)
+    assert bool(fast.binding) == bool(slow.binding)
+    for a, b in zip(fast.scales, slow.scales, strict=True):
+        assert a is not None and b is not None
+        torch.testing.assert_close(a, b)

@@ -124,6 +124,91 @@ class StatNeeds:
         return StatNeeds(frozenset(norm_types), units, param_norms)
 
 
+class FlatLayout:
+    """Where the tensors of a flat buffer lie (a param group stepped flat): their shapes, and
+    for unit-wise norms their units (:func:`unitwise_norm`'s: the whole tensor for ndim <= 1,
+    else the slices of dim 0), each a run of consecutive elements.
+
+    >>> lay = FlatLayout([torch.Size([2, 2]), torch.Size([3])], torch.device("cpu"))
+    >>> lay.counts, lay.unit_shapes, lay.unit_ids()
+    ([2, 1], [(2, 1), ()], tensor([0, 0, 1, 1, 2, 2, 2]))
+    """
+
+    def __init__(self, shapes: list[torch.Size], device: torch.device) -> None:
+        self.shapes = shapes
+        self.device = device
+        self.counts = [1 if len(s) <= 1 else s[0] for s in shapes]
+        self.unit_shapes = [() if len(s) <= 1 else (s[0],) + (1,) * (len(s) - 1)
+                            for s in shapes]
+        self.units = sum(self.counts)
+        self._unit_ids: Tensor | None = None
+        # Maximal runs of consecutive tensors whose units have one length: (first element,
+        # number of units, unit length); each run is a matrix of its units' rows.
+        self.runs: list[tuple[int, int, int]] = []
+        at = 0
+        for shape, count in zip(shapes, self.counts, strict=True):
+            numel = math.prod(shape)
+            length = numel // count if count else 0
+            if count:
+                if self.runs and self.runs[-1][2] == length:
+                    first, units, _ = self.runs[-1]
+                    self.runs[-1] = (first, units + count, length)
+                else:
+                    self.runs.append((at, count, length))
+            at += numel
+
+    def unit_ids(self) -> Tensor:
+        """For every element of the buffer, the index of its unit (built once)."""
+        if self._unit_ids is None:
+            self._unit_ids = self._ids_for(self.counts)
+        return self._unit_ids
+
+    def _ids_for(self, counts: list[int]) -> Tensor:
+        """Element-to-unit indices where tensor ``i`` has ``counts[i]`` equal units of
+        consecutive elements."""
+        reps = [math.prod(s) // c for s, c in zip(self.shapes, counts, strict=True)
+                for _ in range(c)]
+        return torch.repeat_interleave(torch.arange(len(reps), device=self.device),
+                                       torch.tensor(reps, dtype=torch.int64,
+                                                    device=self.device))
+
+    def unit_norms(self, buf: Tensor) -> Tensor:
+        """The 2-norm of every unit of ``buf`` (laid out as described), as one vector, in
+        :func:`_norm_dtype`: per run of units of one length, the row norms of one matrix
+        (a small model has a few runs, not one per tensor).
+
+        >>> lay = FlatLayout([torch.Size([2, 2]), torch.Size([2]), torch.Size([3])],
+        ...                  torch.device("cpu"))
+        >>> lay.runs
+        [(0, 3, 2), (6, 1, 3)]
+        >>> lay.unit_norms(torch.tensor([3.0, 4.0, 0.0, 1.0, 6.0, 8.0, 2.0, 1.0, 2.0]))
+        tensor([ 5.,  1., 10.,  3.])
+        """
+        buf = buf.detach()
+        parts = []
+        for first, units, length in self.runs:
+            if length == 0:
+                parts.append(torch.zeros(units, dtype=_norm_dtype(buf), device=buf.device))
+            else:
+                rows = buf.narrow(0, first, units * length).view(units, length)
+                parts.append(vector_norm(rows, dim=1))
+        if not parts:
+            return torch.zeros(0, dtype=_norm_dtype(buf), device=buf.device)
+        return parts[0] if len(parts) == 1 else torch.cat(parts)
+
+
+@dataclass(frozen=True)
+class Laid:
+    """Gradients ``start .. stop-1`` of a step lie end to end in the flat buffer ``grads``, and
+    their parameters in ``params`` (a param group stepped flat), laid out as ``layout``."""
+
+    start: int
+    stop: int
+    grads: Tensor
+    params: Tensor
+    layout: FlatLayout
+
+
 class GradStats:
     """Per-tensor gradient statistics of one step, computed on first use and cached.
 
@@ -141,11 +226,10 @@ class GradStats:
     optimizers do). ``param_norms`` lists tensors whose parameter norm a policy will ask for
     (AGC's vectors): for sharded ones it rides in that same all-reduce.
 
-    ``laid`` lists runs of gradients that lie end to end in one flat buffer, as
-    ``(start, stop, buffer)`` (a param group stepped flat, see
-    :mod:`gradguard.optim.backends.flat`): the norm of whole runs taken together is then one
-    reduction over their buffers, not one per tensor (where no multiplier or backward record
-    changes what is measured).
+    ``laid`` lists runs of gradients that lie end to end in flat buffers (:class:`Laid`: a
+    param group stepped flat, see :mod:`gradguard.optim.backends.flat`): the norm of whole
+    runs taken together, and their unit-wise norms, are then reductions over the buffers, not
+    a few calls per tensor (where no multiplier or backward record changes what is measured).
 
     >>> g = [torch.tensor([3.0, 4.0]), torch.tensor([0.0])]
     >>> stats = GradStats([torch.zeros(2), torch.zeros(1)], g)
@@ -156,7 +240,7 @@ class GradStats:
     def __init__(self, params: list[Tensor], grads: list[Tensor],
                  hooks: GradHooks | None = None, multiplier: Tensor | None = None,
                  param_norms: Iterable[int] = (),
-                 laid: Iterable[tuple[int, int, Tensor]] = ()) -> None:
+                 laid: Iterable[Laid] = ()) -> None:
         self.params = params
         self.grads = grads
         self.hooks = hooks
@@ -167,7 +251,7 @@ class GradStats:
         self._groups: list[Groups] | None = None
         self._want_param_norms = tuple(param_norms)
         self._param_norms: dict[int, Tensor] = {}
-        self._laid = {start: (stop, buf) for start, stop, buf in laid}
+        self._laid = {run.start: run for run in laid}
 
     def shard_groups(self) -> list[Groups]:
         """The process groups each gradient is sharded over (all empty unless DTensors)."""
@@ -260,28 +344,34 @@ class GradStats:
             self._totals[key] = total
         return total
 
-    def _laid_total(self, idx: list[int], norm_type: float) -> Tensor | None:
-        """The norm of the gradients at ``idx`` from the flat buffers they lie in, where
-        ``idx`` is a sequence of whole runs of ``laid`` and the gradients are measured as they
-        are (no multiplier, no norm recorded in backward); else None. The same norm as the
-        per-tensor route up to rounding: a p-norm of a concatenation is the p-norm of its
-        parts' p-norms."""
-        if (not self._laid or norm_type not in (1.0, 2.0, math.inf)
-                or self.multiplier is not None
+    def _laid_runs(self, idx: list[int]) -> list[Laid] | None:
+        """The runs of ``laid`` that ``idx`` is, in order, where it is a sequence of whole runs
+        and the gradients are measured as they are (no multiplier, no norm recorded in
+        backward); else None."""
+        if (not self._laid or self.multiplier is not None
                 or (self.hooks is not None and self.hooks.recorded())):
             return None
-        parts: list[Tensor] = []
+        runs: list[Laid] = []
         pos = 0
         while pos < len(idx):
             run = self._laid.get(idx[pos])
             if run is None:
                 return None
-            stop, buf = run
-            n = stop - idx[pos]
-            if idx[pos:pos + n] != list(range(idx[pos], stop)):
+            n = run.stop - run.start
+            if idx[pos:pos + n] != list(range(run.start, run.stop)):
                 return None
-            parts.append(vector_norm(buf, norm_type))
+            runs.append(run)
             pos += n
+        return runs
+
+    def _laid_total(self, idx: list[int], norm_type: float) -> Tensor | None:
+        """The norm of the gradients at ``idx`` from the flat buffers they lie in (see
+        :meth:`_laid_runs`), else None. The same norm as the per-tensor route up to rounding:
+        a p-norm of a concatenation is the p-norm of its parts' p-norms."""
+        runs = self._laid_runs(idx) if norm_type in (1.0, 2.0, math.inf) else None
+        if not runs:
+            return None
+        parts = [vector_norm(run.grads, norm_type) for run in runs]
         return parts[0] if len(parts) == 1 else combine_norms(parts, norm_type)
 
     def unit_norms(self, i: int) -> Tensor:
@@ -327,6 +417,16 @@ class GradStats:
         """
         if self.multiplier is not None or not idx:
             return None
+        runs = self._laid_runs(idx)
+        if runs:
+            counts = [c for run in runs for c in run.layout.counts]
+            if not sum(counts):
+                return None
+            g_parts = [run.layout.unit_norms(run.grads) for run in runs]
+            p_parts = [run.layout.unit_norms(run.params) for run in runs]
+            return (g_parts[0] if len(runs) == 1 else torch.cat(g_parts),
+                    p_parts[0] if len(runs) == 1 else torch.cat(p_parts), counts,
+                    [u for run in runs for u in run.layout.unit_shapes])
         grads = [self.grads[i] for i in idx]
         params = [self.params[i] for i in idx]
         if torch.is_grad_enabled() and any(t.requires_grad for t in grads + params):

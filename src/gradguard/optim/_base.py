@@ -22,6 +22,7 @@ except ImportError:  # pragma: no cover - older torch
 from .._validation import check_choice
 from ..clip import ClipPolicy, GradHooks, resolve
 from ..clip._dist import is_dtensor, local
+from ..clip._stats import Laid
 from ..rules import Rule
 from . import backends
 from ._core import GuardCore, GuardReadouts
@@ -307,12 +308,12 @@ class GuardedOptimizer(GuardReadouts, Optimizer):
                                       else torch.zeros_like(f))
         self._core.finish(plan, self.param_groups)
 
-    def _lay_flat(self) -> tuple[dict[int, backends.FlatGroup], list[tuple[int, int, Tensor]]]:
-        """Before the plan: the param groups that step flat (by index), their gradients copied
-        into their buffers, and where those gradients lie in the step's order of gradients
-        (``(start, stop, buffer)``, for the plan's norms)."""
+    def _lay_flat(self) -> tuple[dict[int, backends.FlatGroup], list[Laid]]:
+        """Before the plan: the param groups that step flat (by index), their parameters and
+        gradients copied into their buffers, and where those gradients lie in the step's order
+        of gradients (for the plan's norms)."""
         flats: dict[int, backends.FlatGroup] = {}
-        laid: list[tuple[int, int, Tensor]] = []
+        laid: list[Laid] = []
         start = 0
         for gi, group in enumerate(self.param_groups):
             params = [p for p in group["params"] if p.grad is not None]
@@ -321,9 +322,9 @@ class GuardedOptimizer(GuardReadouts, Optimizer):
             grads = [p.grad for p in params if p.grad is not None]
             flat = self._flat_group(gi, group, params, grads)
             if flat is not None:
-                flat.load_grads(grads)
+                flat.load(params, grads)
                 flats[gi] = flat
-                laid.append((start, start + len(params), flat.g_buf))
+                laid.append(flat.laid(start))
             start += len(params)
         return flats, laid
 

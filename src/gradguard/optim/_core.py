@@ -16,6 +16,7 @@ import torch
 from torch import Tensor
 
 from ..clip import ClipPolicy, GradHooks, GradStats, resolve
+from ..clip._stats import Laid
 from . import _decide, _guard, _stats
 from ._record import StepPlan, StepRecord, make_record
 
@@ -62,7 +63,7 @@ class GuardCore:
     # -- a step -----------------------------------------------------------------------------
     def plan(self, param_groups: list[dict[str, Any]], hooks: GradHooks | None = None,
              grad_scale: Tensor | None = None, found_inf: Tensor | None = None,
-             laid: Iterable[tuple[int, int, Tensor]] = ()) -> StepPlan | None:
+             laid: Iterable[Laid] = ()) -> StepPlan | None:
         """Gather the gradients, decide the clip and the skip. None when no parameter has a
         gradient.
 
@@ -73,8 +74,8 @@ class GuardCore:
         the step. ``found_inf`` without ``grad_scale`` means GradScaler.unscale_ already ran: it
         rescaled the gradients in place without bumping their version counters (on the CPU),
         so the norms measured in backward are not used. ``laid``: runs of the gradients (in
-        the order of the param groups) already copied into flat buffers, ``(start, stop,
-        buffer)``, whose norms are then taken over the buffers.
+        the order of the param groups) already copied into flat buffers, whose norms are then
+        taken over the buffers.
         """
         self.poll(param_groups)
         params, grads, owners = _stats.gather(param_groups)

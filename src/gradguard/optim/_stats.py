@@ -11,6 +11,7 @@ from torch import Tensor
 
 from ..clip import ClipPolicy, GradHooks, GradStats, StatNeeds
 from ..clip._dist import is_dtensor
+from ..clip._stats import Laid
 
 
 def gather(param_groups: list[dict[str, Any]]) -> tuple[list[Tensor], list[Tensor], list[int]]:
@@ -40,7 +41,7 @@ def make_hooks(policies: Iterable[ClipPolicy | None],
 def measure(params: list[Tensor], grads: list[Tensor], hooks: GradHooks | None,
             multiplier: Tensor | None,
             buckets: Iterable[tuple[ClipPolicy, list[int]]],
-            laid: Iterable[tuple[int, int, Tensor]] = ()) -> GradStats:
+            laid: Iterable[Laid] = ()) -> GradStats:
     """The step's statistics. Sharded gradients: the vector parameter norms a policy needs
     (AGC's) join the one all-reduce of the norms. ``laid``: gradients already copied into flat
     buffers (see :class:`~gradguard.clip.GradStats`)."""

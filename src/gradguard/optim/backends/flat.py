@@ -7,11 +7,11 @@ segment, so the state dict keeps torch's layout (per-parameter tensors, torch's 
 0-d entries (``step``, NAdam's ``mu_product``) of a flat group are equal by construction (the
 flat step advances all of them together) and share one 0-d tensor. Each step:
 
-1. the gradients are copied into their flat buffer before the step's plan (one
-   ``_foreach_copy_``; the plan's norms of whole groups are then one reduction over the
-   buffer), the parameters into theirs at the update (parameters are not moved into the
-   buffer: ``model.to()``, ``load_state_dict`` and ``p.data`` writes keep working as they do
-   with torch.optim);
+1. the gradients and the parameters are copied into flat buffers before the step's plan (two
+   ``_foreach_copy_`` calls; the plan's norms of whole groups, AGC's unit-wise ones included,
+   are then reductions over the buffers, see :class:`~gradguard.clip._stats.Laid`).
+   Parameters are not moved into the buffer: ``model.to()``, ``load_state_dict`` and
+   ``p.data`` writes keep working as they do with torch.optim;
 2. the clip decision becomes one scale for the buffer (the global scale as it is; per-tensor
    and per-unit scales expanded over their segments by one index);
 3. the update rule runs once over the buffers: torch's fused kernel where it is exact, the
@@ -43,6 +43,7 @@ from torch import Tensor
 
 from ..._validation import env_count
 from ...clip._apply import apply_clip, kept
+from ...clip._stats import FlatLayout, Laid
 from ...rules import Rule, State
 from . import _select, compiled, native
 
@@ -132,6 +133,7 @@ class FlatGroup:
         self.entries: list[tuple[dict[str, Tensor], dict[str, Tensor]]] = []
         self.fresh: Tensor | None = None
         self.segments: Segments | None = None
+        self.layout = FlatLayout([], self.device)
         self._ids: Tensor | None = None
         self._units: dict[tuple[int, ...], Tensor] = {}
         self._metas: list[tuple[torch.Size, torch.dtype, torch.device]] = []
@@ -209,6 +211,7 @@ class FlatGroup:
                                                    strict=True)]
         self.g_views = [v.view(s) for v, s in zip(self.g_buf.split(sizes), self.shapes,
                                                    strict=True)]
+        self.layout = FlatLayout(self.shapes, self.device)
         if rule.per_tensor:
             self.segments = Segments(self.shapes, self.device)
         self._cache_checks()
@@ -266,16 +269,17 @@ class FlatGroup:
             stacked = torch.stack([s for s in scales if s is not None]).to(self.device)
             return stacked.index_select(0, self._ids)
         parts = [torch.ones((), device=self.device) if s is None else s for s in scales]
-        counts = tuple(s.numel() for s in parts)
-        ids = self._units.get(counts)
-        if ids is None:
+        counts = [s.numel() for s in parts]
+        if counts == self.layout.counts:
+            ids = self.layout.unit_ids()
+        else:
             # unit j of tensor i covers numel_i / units_i consecutive elements
-            reps = [n // c for n, c in zip((s.numel() for s in self.shapes), counts,
-                                           strict=True) for _ in range(c)]
-            ids = torch.repeat_interleave(torch.arange(len(reps), device=self.device),
-                                          torch.tensor(reps, device=self.device))
-            self._units[counts] = ids
-        units = torch.cat([s.reshape(-1) for s in parts])
+            key = tuple(counts)
+            if key not in self._units:
+                self._units[key] = self.layout._ids_for(counts)
+            ids = self._units[key]
+        joined = _joined(parts)
+        units = torch.cat([s.reshape(-1) for s in parts]) if joined is None else joined
         return units.index_select(0, ids)
 
     def _eager(self, rule: Rule, scale: Tensor | None, clamp: float | None,
@@ -291,18 +295,22 @@ class FlatGroup:
         for key, value in new_state.items():
             _commit(self.state[key], value, skip)
 
-    def load_grads(self, grads: list[Tensor]) -> None:
-        """Copy the step's gradients into the gradient buffer (before the plan, whose norms
-        are then taken over the buffer)."""
+    def laid(self, start: int) -> Laid:
+        """The loaded buffers as the plan's statistics take them, this group's gradients
+        being the step's ``start``-th and on."""
+        return Laid(start, start + len(self.params), self.g_buf, self.p_buf, self.layout)
+
+    def load(self, params: list[Tensor], grads: list[Tensor]) -> None:
+        """Copy the step's parameters and gradients into their buffers (before the plan,
+        whose norms are then taken over the buffers)."""
         torch._foreach_copy_(self.g_views, grads)
+        torch._foreach_copy_(self.p_views, params)
 
     def step(self, rule: Rule, group: Mapping[str, Any], params: list[Tensor],
              scales: list[Tensor | None], clamp: float | None, skip: Tensor | None,
              lr: float | Tensor, hparams: dict[str, Any]) -> str:
-        """Take the group's step over the buffers, the gradients loaded by
-        :meth:`load_grads`; returns the path the update took (``"native"``, ``"compiled"``
-        or ``"eager"``)."""
-        torch._foreach_copy_(self.p_views, params)
+        """Take the group's step over the buffers :meth:`load` filled; returns the path the
+        update took (``"native"``, ``"compiled"`` or ``"eager"``)."""
         scale = self._scale(scales)
         p, g, st = [self.p_buf], [self.g_buf], [self.state]
         how = native.plan(rule.name, group, p, g, st, [scale], clamp)
@@ -325,6 +333,22 @@ class FlatGroup:
             self.fresh = (self.fresh & skip if skip is not None
                           else torch.zeros_like(self.fresh))
         return path
+
+
+def _joined(parts: list[Tensor]) -> Tensor | None:
+    """The vector ``parts`` were cut from, where they are consecutive views of one (AGC's
+    scales of a whole group, decided at once), else None."""
+    base = parts[0]._base
+    if base is None or base.dim() != 1 or base.dtype != parts[0].dtype:
+        return None
+    offset = start = parts[0].storage_offset()
+    for part in parts:
+        if part._base is not base or part.storage_offset() != offset \
+                or not part.is_contiguous():
+            return None
+        offset += part.numel()
+    lo = start - base.storage_offset()
+    return base.narrow(0, lo, offset - start)
 
 
 def _commit(dst: Tensor, new: Tensor, skip: Tensor | None) -> None:
