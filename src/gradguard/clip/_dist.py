@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 import sys
+from collections.abc import Iterable
 from typing import Any
 
 import torch
@@ -37,6 +38,13 @@ def is_dtensor(t: object) -> bool:
     """Whether ``t`` is a DTensor (a parameter or gradient of FSDP2, tensor parallelism...)."""
     cls = _DTENSOR if _DTENSOR is not None else _dtensor_class()
     return cls is not None and isinstance(t, cls)
+
+
+def any_dtensor(ts: Iterable[object]) -> bool:
+    """Whether any of ``ts`` is a DTensor (no pass over them before DTensor's module is
+    imported: none can be)."""
+    cls = _DTENSOR if _DTENSOR is not None else _dtensor_class()
+    return cls is not None and any(isinstance(t, cls) for t in ts)
 
 
 def local(t: Tensor) -> Tensor:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import bisect
 import inspect
 from collections.abc import Callable, Iterable
 from typing import Any, ClassVar, TypedDict
@@ -21,7 +22,7 @@ except ImportError:  # pragma: no cover - older torch
 
 from .._validation import check_choice
 from ..clip import ClipPolicy, GradHooks, resolve
-from ..clip._dist import is_dtensor, local
+from ..clip._dist import any_dtensor, is_dtensor, local
 from ..clip._stats import Laid
 from ..rules import Rule
 from . import backends
@@ -260,15 +261,18 @@ class GuardedOptimizer(GuardReadouts, Optimizer):
                                laid)
         if plan is None:
             return
-        by_group: dict[int, list[int]] = {}
-        for k, gi in enumerate(plan.owners):
-            by_group.setdefault(gi, []).append(k)
-        for gi, ks in by_group.items():
+        owners = plan.owners
+        start = 0
+        while start < len(owners):
+            # (gathered group by group: each group's entries are one slice)
+            gi = owners[start]
+            stop = bisect.bisect_right(owners, gi, start)
             group = self.param_groups[gi]
-            params = [plan.params[k] for k in ks]
-            grads = [plan.grads[k] for k in ks]
-            scales = [plan.scales[k] for k in ks]
-            clamp = plan.clamps[ks[0]]
+            params = plan.params[start:stop]
+            grads = plan.grads[start:stop]
+            scales = plan.scales[start:stop]
+            clamp = plan.clamps[start]
+            start = stop
             flat = flats.get(gi)
             if flat is not None:
                 flat.step(self.rule, group, params, scales, clamp, plan.skip,
@@ -290,7 +294,7 @@ class GuardedOptimizer(GuardReadouts, Optimizer):
                 fresh = [fresh[i] for i in dense]
                 if not params:
                     continue
-            if any(is_dtensor(p) for p in params):
+            if any_dtensor(params):
                 # Sharded (FSDP2): the rule runs on the local shards; the state stays DTensor.
                 params_l = [local(p) for p in params]
                 grads_l = [local(g) for g in grads]

@@ -21,6 +21,12 @@ from . import _decide, _guard, _stats
 from ._record import StepPlan, StepRecord, make_record
 
 
+def _on(t: Tensor, device: torch.device) -> Tensor:
+    """``t`` on ``device`` (the call skipped where it is there already: a step's few 0-d
+    tensors, where the call costs more than the work)."""
+    return t if t.device == device else t.to(device)
+
+
 class GuardCore:
     """Clip policies, non-finite guard and counters of one optimizer."""
 
@@ -104,11 +110,11 @@ class GuardCore:
             self._zero_counters(device)
         assert self.clipped_steps is not None and self.skipped_steps is not None
         assert self.consecutive_skips is not None
-        blame = rec.skipped if plan.blame is None else plan.blame.to(device)
+        blame = rec.skipped if plan.blame is None else _on(plan.blame, device)
         # (.to: counters loaded from a checkpoint on another device)
         self.clipped_steps, self.skipped_steps, self.consecutive_skips = _guard.counted(
-            (self.clipped_steps.to(device), self.skipped_steps.to(device),
-             self.consecutive_skips.to(device)), rec.clipped, rec.skipped, blame)
+            (_on(self.clipped_steps, device), _on(self.skipped_steps, device),
+             _on(self.consecutive_skips, device)), rec.clipped, rec.skipped, blame)
         self.last_step = rec
         self.last_stats = ((plan.params, plan.stats.norms())
                            if getattr(self, "norm_readers", 0) else None)

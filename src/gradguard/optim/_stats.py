@@ -10,7 +10,7 @@ from typing import Any
 from torch import Tensor
 
 from ..clip import ClipPolicy, GradHooks, GradStats, StatNeeds
-from ..clip._dist import is_dtensor
+from ..clip._dist import any_dtensor
 from ..clip._stats import Laid
 
 
@@ -46,5 +46,5 @@ def measure(params: list[Tensor], grads: list[Tensor], hooks: GradHooks | None,
     (AGC's) join the one all-reduce of the norms. ``laid``: gradients already copied into flat
     buffers (see :class:`~gradguard.clip.GradStats`)."""
     param_norms = [k for policy, idx in buckets if policy.needs.param_norms
-                   for k in idx] if any(is_dtensor(g) for g in grads) else []
+                   for k in idx] if any_dtensor(grads) else []
     return GradStats(params, grads, hooks, multiplier, param_norms, laid)

@@ -369,9 +369,12 @@ def _flags_allow(backend: str, group: Mapping[str, Any]) -> bool:
             and group.get("foreach") is None)
 
 
+_grad_meta = operator.attrgetter("dtype", "device", "layout")
+
+
 def _grads_fit(grads: list[Tensor], dtype: torch.dtype, device: torch.device) -> bool:
-    return all(g.dtype == dtype and g.device == device and g.layout == torch.strided
-               for g in grads)
+    want = (dtype, device, torch.strided)
+    return all(m == want for m in map(_grad_meta, grads))
 
 
 def wanted(backend: str, group: Mapping[str, Any], params: list[Tensor],
