@@ -88,7 +88,8 @@ def counted(counters: tuple[Tensor, Tensor, Tensor], clipped: Tensor, skipped: T
     """``(clipped_steps, skipped_steps, consecutive_skips)`` after a step. A step GradScaler is
     recovering from (skipped, not blamed) neither adds to the run of bad steps nor resets it."""
     clipped_steps, skipped_steps, consecutive = counters
-    return (clipped_steps + clipped.to(torch.int64), skipped_steps + skipped.to(torch.int64),
+    # (an int64 count plus a bool is an int64 count)
+    return (clipped_steps + clipped, skipped_steps + skipped,
             torch.where(blame, consecutive + 1, torch.where(skipped, consecutive, 0)))
 
 
