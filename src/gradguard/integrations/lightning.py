@@ -42,7 +42,6 @@ from typing import Any
 
 import torch
 from torch import Tensor
-from torch.optim import Optimizer
 
 from .._validation import check_choice
 
@@ -54,27 +53,9 @@ except ImportError as e:  # pragma: no cover - exercised only without Lightning
                       "pip install 'gradguard[lightning]'") from e
 
 from ..monitor import Monitor
-
-DOUBLE_CLIP = ("error", "disable_framework")
+from ._common import DOUBLE_CLIP, clip_specs, is_guarded
 
 __all__ = ["DOUBLE_CLIP", "GradguardCallback"]
-
-
-def is_guarded(optimizer: object) -> bool:
-    """Whether ``optimizer`` is one of gradguard's (or wrapped with ``gradguard.guard``)."""
-    return isinstance(optimizer, Optimizer) and hasattr(optimizer, "_core")
-
-
-def clip_specs(optimizer: Any) -> list[str]:
-    """The clip policies a gradguard optimizer applies (its own and its param groups'), as
-    specs."""
-    core = optimizer._core
-    specs = [] if core.clip is None else [core.clip.spec]
-    for group in optimizer.param_groups:
-        policy = group.get("clip")
-        if policy is not None and policy.spec not in specs:
-            specs.append(policy.spec)
-    return specs
 
 
 class GradguardCallback(pl.Callback):
