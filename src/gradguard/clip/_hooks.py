@@ -92,6 +92,9 @@ class GradHooks:
                     and local(p).numel() >= floor):
                 self._handles.append(p.register_post_accumulate_grad_hook(self._hook))
 
+    # Not traced by torch.compile (a backward run from compiled code calls it once per
+    # parameter, and each parameter would be a guard of its own: a recompile per parameter).
+    @torch.compiler.disable(reason="gradguard's backward hooks measure each gradient eagerly")
     def _hook(self, p: Tensor) -> None:
         g = p.grad
         if g is None or g.is_sparse:

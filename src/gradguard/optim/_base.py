@@ -68,6 +68,19 @@ def _as_real(params: list[Tensor], grads: list[Tensor], states: list[dict[str, T
             [{k: real(v) for k, v in st.items()} for st in states], out_scales)
 
 
+_NOT_TRACED_WHY = (
+    "gradguard's step runs as it does in eager mode: its flat buffers, fused kernels and "
+    "per-group compiled rules are already one call each, and tracing its checks of parameter "
+    "identity and settings would recompile whenever a parameter, the LR or a clip scale changes")
+
+
+def _not_traced(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """``fn`` as a call torch.compile does not trace (one graph break where it is called from
+    compiled code; no guard on what it reads, so no recompile when parameters, the LR or the
+    clip change). Outside compiled code it is ``fn``."""
+    return torch.compiler.disable(fn, reason=_NOT_TRACED_WHY)
+
+
 class GuardOptions(TypedDict, total=False):
     """The options every gradguard optimizer takes after torch's arguments, declared once (see
     :mod:`gradguard.optim._optimizers` for what each does): ``clip`` (a policy, a spec string or
@@ -242,14 +255,22 @@ class GuardedOptimizer(GuardReadouts, Optimizer):
         """Clip, guard and update. Returns the closure's loss, if a closure was given.
 
         Runs without autograd, except with ``differentiable=True``: then the step is recorded
-        (on the per-tensor reference path) so that one can differentiate through it."""
+        (on the per-tensor reference path) so that one can differentiate through it.
+
+        Inside a function compiled with ``torch.compile`` (a whole training step), the update
+        runs as it does outside, as one call dynamo does not trace (:func:`_not_traced`); the
+        closure, if any, is traced with the rest."""
         loss = None
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
+        self._untraced_step()
+        return loss
+
+    @_not_traced
+    def _untraced_step(self) -> None:
         with torch.set_grad_enabled(self._differentiable()):
             self._step()
-        return loss
 
     def _step(self) -> None:
         self._check_grads()

@@ -12,7 +12,7 @@ from torch.optim import Optimizer
 
 from ..clip import ClipPolicy, resolve
 from ..clip._apply import apply_clip_
-from ._base import GuardedOptimizer
+from ._base import GuardedOptimizer, _not_traced
 from ._core import GuardCore, GuardReadouts
 from ._extras import attach_extras, detach_extras, export_groups, restore_group_clips
 from ._record import StepPlan
@@ -95,12 +95,19 @@ class Guarded(GuardReadouts, Optimizer):
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
+        self._untraced_step()
+        return loss
+
+    @_not_traced
+    def _untraced_step(self) -> None:
+        """The guarded step (a call torch.compile does not trace, as gradguard's own
+        optimizers' step)."""
         # Set by torch.amp.GradScaler.step (we declare _step_supports_amp_scaling).
         plan = self._core.plan(self.param_groups, self._hooks,
                                getattr(self, "grad_scale", None), getattr(self, "found_inf", None))
         if plan is None:
             self.optimizer.step()
-            return loss
+            return
         scale = self._fold_into_amp_kernel(plan)
         if scale is not None:
             found_inf = (plan.skip if plan.skip is not None
@@ -122,7 +129,6 @@ class Guarded(GuardReadouts, Optimizer):
             if plan.nonfinite is None or not bool(plan.nonfinite):
                 self.optimizer.step()
         self._core.finish(plan, self.param_groups)
-        return loss
 
     def state_dict(self) -> dict[str, Any]:
         sd = self.optimizer.state_dict()

@@ -43,8 +43,12 @@ def _lr(lr: float | Tensor, device: torch.device) -> float | Tensor:
 # The kernels are called directly, as torch.optim's fused functions call them, for one
 # device and dtype (:func:`plan` admits nothing else), without their per-call grouping of
 # the tensors by device and dtype: on a flat group that grouping cost more than the kernel.
+# Like torch's, they are not traced by torch.compile (a step compiled with the model's
+# forward and backward): dynamo cannot functionalize the kernels' in-place updates.
+_NOT_TRACED = "a fused optimizer kernel is not traced (as torch.optim's fused functions)"
 
 
+@torch.compiler.disable(reason=_NOT_TRACED)
 def _sgd(group: Group, params: list[Tensor], grads: list[Tensor], states: list[State],
          skip: Tensor | None) -> None:
     momentum = group["momentum"]
@@ -58,6 +62,7 @@ def _sgd(group: Group, params: list[Tensor], grads: list[Tensor], states: list[S
         grad_scale=None, found_inf=_found_inf(skip))
 
 
+@torch.compiler.disable(reason=_NOT_TRACED)
 def _adam(group: Group, params: list[Tensor], grads: list[Tensor], states: list[State],
           skip: Tensor | None) -> None:
     beta1, beta2 = group["betas"]
@@ -75,6 +80,7 @@ def _adam(group: Group, params: list[Tensor], grads: list[Tensor], states: list[
         torch._foreach_sub_(steps, [found_inf] * len(steps))
 
 
+@torch.compiler.disable(reason=_NOT_TRACED)
 def _adagrad(group: Group, params: list[Tensor], grads: list[Tensor], states: list[State],
              skip: Tensor | None) -> None:
     steps = [s["step"] for s in states]
