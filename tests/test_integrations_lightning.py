@@ -240,3 +240,54 @@ def test_the_example_trains_and_logs(tmp_path: Path) -> None:
     assert result["gradguard/skipped_steps"] == 0
     header = (tmp_path / "metrics.csv").read_text().splitlines()[0]
     assert "gradguard/clip_scale" in header and "val_acc" in header
+
+
+def test_no_logger_no_warning() -> None:
+    """Trainer(logger=False): the callback counts steps but logs nothing (Lightning would warn
+    at every metric)."""
+    cb = GradguardCallback()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        trainer(None, [cb]).fit(Tiny(), data())
+    assert cb.steps == {0: 8}
+    assert not [w for w in caught if "no logger configured" in str(w.message)]
+
+
+class RankTiny(Tiny):
+    """Writes, at the end of training, each rank's gradguard records and parameters."""
+
+    def __init__(self, out: str) -> None:
+        super().__init__(clip="global_norm:9")
+        self.out = out
+
+    def on_train_end(self) -> None:
+        torch.save({"norms": [float(r.grad_norm) for r in self.records],
+                    "clipped": [bool(r.clipped) for r in self.records],
+                    "params": [p.detach().clone() for p in self.parameters()]},
+                   Path(self.out) / f"rank{self.global_rank}.pt")
+
+
+def test_ddp_ranks_agree_and_rank_zero_logs(tmp_path: Path) -> None:
+    """Two CPU processes (ddp_spawn, gloo): both ranks see the same averaged gradients, so
+    gradguard's norms, clip decisions and final parameters agree, and what rank 0 logs is its
+    own record."""
+    from lightning.pytorch.loggers import CSVLogger
+
+    logger = CSVLogger(str(tmp_path), name="", version="")
+    t = pl.Trainer(accelerator="cpu", devices=2, strategy="ddp_spawn", max_epochs=1,
+                   logger=logger, log_every_n_steps=1, enable_progress_bar=False,
+                   enable_model_summary=False, enable_checkpointing=False,
+                   callbacks=[GradguardCallback()])
+    t.fit(RankTiny(str(tmp_path)), data())
+    r0, r1 = (torch.load(tmp_path / f"rank{r}.pt") for r in (0, 1))
+    assert len(r0["norms"]) == 4  # 64 samples, 8 a batch, 2 ranks
+    assert r0["norms"] == pytest.approx(r1["norms"], rel=1e-6)
+    assert r0["clipped"] == r1["clipped"]
+    for a, b in zip(r0["params"], r1["params"], strict=True):
+        torch.testing.assert_close(a, b)
+    import csv
+
+    with (tmp_path / "metrics.csv").open() as f:
+        logged = [float(r["gradguard/grad_norm"]) for r in csv.DictReader(f)
+                  if r.get("gradguard/grad_norm")]
+    assert logged == pytest.approx(r0["norms"], rel=1e-6)

@@ -148,6 +148,8 @@ class GradguardCallback(pl.Callback):
                 continue  # no optimizer step since the last batch (gradient accumulation)
             self._seen[i] = rec
             steps = self.steps[i] = self.steps.get(i, 0) + 1
+            if not trainer.loggers:
+                continue  # (Trainer(logger=False): nothing would write them)
             name = self.prefix + (f"opt{i}/" if many else "")
             clipped_steps = opt.clipped_steps.to(torch.float32)
             metrics: dict[str, Tensor] = {
