@@ -217,3 +217,15 @@ def test_the_example_trains_and_logs(tmp_path: Path) -> None:
     assert 0 < result["gradguard/grad_norm"] < float("inf")
     assert 0 <= result["gradguard/clip_rate"] <= 1
     assert result["gradguard/skipped_steps"] == 0
+
+
+def test_bf16_with_accumulation_clips_once_on_the_accumulated_gradient(tmp_path: Path) -> None:
+    """bf16 autocast and two batches per step: one gradguard step per two batches, its norm
+    the Trainer's own measure of the accumulated gradient it hands the optimizer."""
+    trainer, model, recs = make(tmp_path, bf16=True, gradient_accumulation_steps=2, max_steps=4)
+    trainer.train()
+    assert len(recs) == 4
+    ours = series(trainer, "gradguard/grad_norm")
+    assert ours == pytest.approx([float(r.grad_norm) for r in recs], rel=1e-6)
+    assert ours == pytest.approx(series(trainer, "grad_norm"), rel=1e-5)
+    assert all(p.dtype == torch.float32 for p in model.parameters())
