@@ -275,3 +275,18 @@ def count_calls(monkeypatch: pytest.MonkeyPatch,
 def count_host_reads(monkeypatch: pytest.MonkeyPatch) -> Any:
     """Count calls of the methods that read a tensor's value on the host."""
     return count_calls(monkeypatch, [(torch.Tensor, name) for name in HOST_READS])
+
+
+def load_example(name: str) -> Any:
+    """The module of ``examples/<name>.py``, imported from its file."""
+    import importlib.util
+    import sys
+    from pathlib import Path
+
+    path = Path(__file__).parent.parent / "examples" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(name, path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    spec.loader.exec_module(module)
+    return module

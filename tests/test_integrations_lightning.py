@@ -20,6 +20,7 @@ from torch.utils.data import DataLoader, TensorDataset
 
 import gradguard
 from gradguard.integrations.lightning import GradguardCallback
+from helpers import load_example
 
 
 class MemoryLogger(Logger):
@@ -224,16 +225,7 @@ def test_a_torch_optimizer_alone_is_warned() -> None:
 def test_the_example_trains_and_logs(tmp_path: Path) -> None:
     """examples/lightning_digits.py: one epoch through the real Trainer writes gradguard's
     numbers into the CSV log and returns the last of them."""
-    import importlib.util
-    import sys
-
-    path = Path(__file__).parent.parent / "examples" / "lightning_digits.py"
-    spec = importlib.util.spec_from_file_location("lightning_digits", path)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["lightning_digits"] = module
-    spec.loader.exec_module(module)
-    result = module.main(["--epochs", "1", "--out", str(tmp_path)])
+    result = load_example("lightning_digits").main(["--epochs", "1", "--out", str(tmp_path)])
     assert result["step"] > 0
     assert 0 < result["gradguard/grad_norm"] < math.inf
     assert 0 <= result["gradguard/clip_rate"] <= 1

@@ -21,6 +21,7 @@ from gradguard.integrations.transformers import (
     no_decay_names,
     optimizers_from_args,
 )
+from helpers import load_example
 
 
 class Tiny(nn.Module):
@@ -203,16 +204,7 @@ def test_resume_continues_gradguards_state(tmp_path: Path) -> None:
 def test_the_example_trains_and_logs(tmp_path: Path) -> None:
     """examples/hf_trainer_digits.py: one epoch through the real Trainer; gradguard's numbers
     are in its last training log."""
-    import importlib.util
-    import sys
-
-    path = Path(__file__).parent.parent / "examples" / "hf_trainer_digits.py"
-    spec = importlib.util.spec_from_file_location("hf_trainer_digits", path)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["hf_trainer_digits"] = module
-    spec.loader.exec_module(module)
-    result = module.main(["--epochs", "1", "--out", str(tmp_path)])
+    result = load_example("hf_trainer_digits").main(["--epochs", "1", "--out", str(tmp_path)])
     assert result["step"] == 20
     assert 0 < result["gradguard/grad_norm"] < float("inf")
     assert 0 <= result["gradguard/clip_rate"] <= 1
