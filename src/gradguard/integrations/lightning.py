@@ -53,7 +53,7 @@ except ImportError as e:  # pragma: no cover - exercised only without Lightning
                       "pip install 'gradguard[lightning]'") from e
 
 from ..monitor import Monitor
-from ._common import DOUBLE_CLIP, clip_specs, is_guarded
+from ._common import DOUBLE_CLIP, clip_specs, unwrap
 
 __all__ = ["DOUBLE_CLIP", "GradguardCallback"]
 
@@ -95,7 +95,8 @@ class GradguardCallback(pl.Callback):
 
     # -- the start of fit: which optimizers, and who clips ------------------------------------
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        self._guarded = [(i, o) for i, o in enumerate(trainer.optimizers) if is_guarded(o)]
+        found = [(i, unwrap(o)) for i, o in enumerate(trainer.optimizers)]
+        self._guarded = [(i, o) for i, o in found if o is not None]
         if not self._guarded:
             warnings.warn("GradguardCallback: none of the Trainer's optimizers is a gradguard "
                           "optimizer; nothing will be logged", stacklevel=2)
