@@ -383,9 +383,11 @@ def test_deepcopy_is_independent() -> None:
 
 
 def test_import_does_not_load_dtensor() -> None:
-    """``import gradguard`` leaves torch.distributed.tensor alone (about a second to import);
-    DTensors are still recognised once their module is loaded."""
+    """``import gradguard`` leaves torch.distributed.tensor and torch._dynamo alone (about a
+    second each to import: the untraced calls are marked lazily); DTensors are still
+    recognised once their module is loaded."""
     code = ("import sys, gradguard; assert 'torch.distributed.tensor' not in sys.modules; "
+            "assert 'torch._dynamo' not in sys.modules; "
             "from gradguard.clip._dist import is_dtensor; import torch; "
             "from torch.distributed.tensor import DTensor; "
             "assert not is_dtensor(torch.zeros(1)); print('ok')")

@@ -33,6 +33,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor
 
+from .._untraced import not_traced
 from .._validation import env_count
 from ._dist import is_dtensor, local, multi_process, rows_whole
 from ._stats import measure, unitwise_norm
@@ -94,7 +95,7 @@ class GradHooks:
 
     # Not traced by torch.compile (a backward run from compiled code calls it once per
     # parameter, and each parameter would be a guard of its own: a recompile per parameter).
-    @torch.compiler.disable(reason="gradguard's backward hooks measure each gradient eagerly")
+    @not_traced("gradguard's backward hooks measure each gradient eagerly")
     def _hook(self, p: Tensor) -> None:
         g = p.grad
         if g is None or g.is_sparse:

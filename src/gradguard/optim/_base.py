@@ -20,6 +20,7 @@ except ImportError:  # pragma: no cover - older torch
                                f"Tensors of supported devices but {p.dtype} and "
                                f"{p.device.type}")
 
+from .._untraced import not_traced
 from .._validation import check_choice
 from ..clip import ClipPolicy, GradHooks, resolve
 from ..clip._dist import any_dtensor, is_dtensor, local
@@ -74,11 +75,10 @@ _NOT_TRACED_WHY = (
     "identity and settings would recompile whenever a parameter, the LR or a clip scale changes")
 
 
-def _not_traced(fn: Callable[..., Any]) -> Callable[..., Any]:
-    """``fn`` as a call torch.compile does not trace (one graph break where it is called from
-    compiled code; no guard on what it reads, so no recompile when parameters, the LR or the
-    clip change). Outside compiled code it is ``fn``."""
-    return torch.compiler.disable(fn, reason=_NOT_TRACED_WHY)
+# ``fn`` as a call torch.compile does not trace (one graph break where it is called from
+# compiled code; no guard on what it reads, so no recompile when parameters, the LR or the
+# clip change). Outside compiled code it is ``fn``.
+_not_traced = not_traced(_NOT_TRACED_WHY)
 
 
 class GuardOptions(TypedDict, total=False):

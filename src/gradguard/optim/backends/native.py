@@ -21,6 +21,7 @@ import torch
 from torch import Tensor
 from torch.optim.optimizer import _to_scalar
 
+from ..._untraced import not_traced
 from ...clip._dist import is_dtensor
 from ...rules import State
 
@@ -48,7 +49,7 @@ def _lr(lr: float | Tensor, device: torch.device) -> float | Tensor:
 _NOT_TRACED = "a fused optimizer kernel is not traced (as torch.optim's fused functions)"
 
 
-@torch.compiler.disable(reason=_NOT_TRACED)
+@not_traced(_NOT_TRACED)
 def _sgd(group: Group, params: list[Tensor], grads: list[Tensor], states: list[State],
          skip: Tensor | None) -> None:
     momentum = group["momentum"]
@@ -62,7 +63,7 @@ def _sgd(group: Group, params: list[Tensor], grads: list[Tensor], states: list[S
         grad_scale=None, found_inf=_found_inf(skip))
 
 
-@torch.compiler.disable(reason=_NOT_TRACED)
+@not_traced(_NOT_TRACED)
 def _adam(group: Group, params: list[Tensor], grads: list[Tensor], states: list[State],
           skip: Tensor | None) -> None:
     beta1, beta2 = group["betas"]
@@ -80,7 +81,7 @@ def _adam(group: Group, params: list[Tensor], grads: list[Tensor], states: list[
         torch._foreach_sub_(steps, [found_inf] * len(steps))
 
 
-@torch.compiler.disable(reason=_NOT_TRACED)
+@not_traced(_NOT_TRACED)
 def _adagrad(group: Group, params: list[Tensor], grads: list[Tensor], states: list[State],
              skip: Tensor | None) -> None:
     steps = [s["step"] for s in states]
