@@ -338,3 +338,20 @@ def test_suggested_clip_specs_parse() -> None:
         if "{" in spec:  # a formatted number
             spec = re.sub(r"\{[^}]*\}", "1.5", spec)
         gradguard.clip.parse(spec)
+
+
+def test_monitor_attached_after_a_snapshot_keeps_its_norms_through_a_restore() -> None:
+    """A Monitor made between the optimizer's snapshot and its restore (the LR finder takes
+    one, then puts the optimizer back) still gets per-layer norms afterwards: the restore does
+    not bring back the number of Monitors reading them."""
+    torch.manual_seed(0)
+    model = torch.nn.Linear(3, 2)
+    opt = gradguard.Adam(model.parameters(), lr=1e-2, clip="global_norm:1")
+    snap = opt._core.snapshot()
+    mon = gradguard.Monitor(model, opt, interval=1, print_summary=False)
+    opt._core.restore(snap)
+    opt.zero_grad()
+    model(torch.ones(4, 3)).pow(2).mean().backward()
+    opt.step()
+    assert opt._core.last_stats is not None
+    mon.close()

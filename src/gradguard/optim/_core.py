@@ -69,7 +69,9 @@ class GuardCore:
     # -- a step -----------------------------------------------------------------------------
     def plan(self, param_groups: list[dict[str, Any]], hooks: GradHooks | None = None,
              grad_scale: Tensor | None = None, found_inf: Tensor | None = None,
-             laid: Iterable[Laid] = ()) -> StepPlan | None:
+             laid: Iterable[Laid] = (),
+             gathered: tuple[list[Tensor], list[Tensor], list[int]] | None = None
+             ) -> StepPlan | None:
         """Gather the gradients, decide the clip and the skip. None when no parameter has a
         gradient.
 
@@ -81,10 +83,11 @@ class GuardCore:
         rescaled the gradients in place without bumping their version counters (on the CPU),
         so the norms measured in backward are not used. ``laid``: runs of the gradients (in
         the order of the param groups) already copied into flat buffers, whose norms are then
-        taken over the buffers.
+        taken over the buffers. ``gathered``: :func:`._stats.gather`'s result where the caller
+        has it already.
         """
         self.poll(param_groups)
-        params, grads, owners = _stats.gather(param_groups)
+        params, grads, owners = _stats.gather(param_groups) if gathered is None else gathered
         if not params:
             return None
         if found_inf is not None and grad_scale is None:
@@ -203,8 +206,10 @@ class GuardCore:
 
         clip = snapshot["core"].get("clip")
         memo: dict[int, Any] = {} if clip is None else {id(clip): clip}
+        readers = getattr(self, "norm_readers", 0)  # Monitors attached now, not then
         self.__dict__.clear()
         self.__dict__.update(copy.deepcopy(snapshot["core"], memo))
+        self.norm_readers = readers
         self.last_stats = snapshot["last_stats"]
         if clip is not None and snapshot["clip"] is not None:
             clip.restore(snapshot["clip"])
