@@ -124,6 +124,17 @@ class StatNeeds:
         return StatNeeds(frozenset(norm_types), units, param_norms)
 
 
+def segment_ids(sizes: list[int], device: torch.device) -> Tensor:
+    """For every element of a flat buffer of consecutive segments of ``sizes``, its segment's
+    index.
+
+    >>> segment_ids([2, 0, 3], torch.device("cpu"))
+    tensor([0, 0, 2, 2, 2])
+    """
+    return torch.repeat_interleave(torch.arange(len(sizes), device=device),
+                                   torch.tensor(sizes, dtype=torch.int64, device=device))
+
+
 class FlatLayout:
     """Where the tensors of a flat buffer lie (a param group stepped flat): their shapes, and
     for unit-wise norms their units (:func:`unitwise_norm`'s: the whole tensor for ndim <= 1,
@@ -166,11 +177,8 @@ class FlatLayout:
     def _ids_for(self, counts: list[int]) -> Tensor:
         """Element-to-unit indices where tensor ``i`` has ``counts[i]`` equal units of
         consecutive elements."""
-        reps = [math.prod(s) // c for s, c in zip(self.shapes, counts, strict=True)
-                for _ in range(c)]
-        return torch.repeat_interleave(torch.arange(len(reps), device=self.device),
-                                       torch.tensor(reps, dtype=torch.int64,
-                                                    device=self.device))
+        return segment_ids([math.prod(s) // c for s, c in zip(self.shapes, counts, strict=True)
+                            for _ in range(c)], self.device)
 
     def unit_norms(self, buf: Tensor) -> Tensor:
         """The 2-norm of every unit of ``buf`` (laid out as described), as one vector, in

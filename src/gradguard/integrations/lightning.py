@@ -116,12 +116,12 @@ class GradguardCallback(pl.Callback):
         algorithm = trainer.gradient_clip_algorithm
         kind = "value" if algorithm is not None and str(algorithm.value) == "value" else "norm"
         same = f"{'value' if kind == 'value' else 'global_norm'}:{val}"
-        clipping = {i: clip_specs(o) for i, o in self._guarded if clip_specs(o)}
+        clipping = {i: specs for i, o in self._guarded if (specs := clip_specs(o))}
         if clipping:
-            specs = ", ".join(f"clip={s!r}" for ss in clipping.values() for s in ss)
+            named = ", ".join(f"clip={s!r}" for ss in clipping.values() for s in ss)
             msg = (f"Trainer(gradient_clip_val={val}) clips the gradients (by {kind}) before "
                    f"the optimizer's step, and the gradguard optimizer clips them again "
-                   f"({specs}): its clip sees gradients Lightning has already clipped, and its "
+                   f"({named}): its clip sees gradients Lightning has already clipped, and its "
                    "counters, last_step and Monitor describe those.")
             if self.double_clip == "error":
                 raise MisconfigurationException(

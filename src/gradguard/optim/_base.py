@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import bisect
 import inspect
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any, ClassVar, TypedDict
 
 import torch
@@ -26,7 +26,7 @@ from ..clip import ClipPolicy, GradHooks, resolve
 from ..clip._dist import any_dtensor, is_dtensor, local
 from ..clip._stats import Laid
 from ..rules import Rule
-from . import backends
+from . import _stats, backends
 from ._core import GuardCore, GuardReadouts
 from ._extras import attach_extras, detach_extras, export_groups, restore_group_clips
 
@@ -51,6 +51,20 @@ def _scalar(value: Any) -> Any:
 def _hparams(group: dict[str, Any]) -> dict[str, Any]:
     """A group's hyperparameters of the update rule, one-element tensors as 0-d."""
     return {k: _scalar(v) for k, v in group.items() if k not in _NOT_HPARAMS}
+
+
+def _group_slices(owners: list[int]) -> Iterator[tuple[int, int, int]]:
+    """``(group index, start, stop)`` of each param group's run in the step's gathered
+    lists (gathered group by group, so each group's entries are one slice).
+
+    >>> list(_group_slices([0, 0, 2, 2, 2]))
+    [(0, 0, 2), (2, 2, 5)]
+    """
+    start = 0
+    while start < len(owners):
+        stop = bisect.bisect_right(owners, owners[start], start)
+        yield owners[start], start, stop
+        start = stop
 
 
 def _as_real(params: list[Tensor], grads: list[Tensor], states: list[dict[str, Tensor]],
@@ -275,25 +289,20 @@ class GuardedOptimizer(GuardReadouts, Optimizer):
     def _step(self) -> None:
         self._check_grads()
         differentiable = torch.is_grad_enabled()
-        flats, laid = self._lay_flat()
+        gathered = _stats.gather(self.param_groups)
+        flats, laid = self._lay_flat(*gathered)
         # Set by torch.amp.GradScaler.step (we declare _step_supports_amp_scaling).
         plan = self._core.plan(self.param_groups, None if differentiable else self._hooks,
                                getattr(self, "grad_scale", None), getattr(self, "found_inf", None),
-                               laid)
+                               laid, gathered)
         if plan is None:
             return
-        owners = plan.owners
-        start = 0
-        while start < len(owners):
-            # (gathered group by group: each group's entries are one slice)
-            gi = owners[start]
-            stop = bisect.bisect_right(owners, gi, start)
+        for gi, start, stop in _group_slices(plan.owners):
             group = self.param_groups[gi]
             params = plan.params[start:stop]
             grads = plan.grads[start:stop]
             scales = plan.scales[start:stop]
             clamp = plan.clamps[start]
-            start = stop
             flat = flats.get(gi)
             if flat is not None:
                 flat.step(self.rule, group, params, scales, clamp, plan.skip,
@@ -333,24 +342,20 @@ class GuardedOptimizer(GuardReadouts, Optimizer):
                                       else torch.zeros_like(f))
         self._core.finish(plan, self.param_groups)
 
-    def _lay_flat(self) -> tuple[dict[int, backends.FlatGroup], list[Laid]]:
-        """Before the plan: the param groups that step flat (by index), their parameters and
-        gradients copied into their buffers, and where those gradients lie in the step's order
-        of gradients (for the plan's norms)."""
+    def _lay_flat(self, params: list[Tensor], grads: list[Tensor], owners: list[int]
+                  ) -> tuple[dict[int, backends.FlatGroup], list[Laid]]:
+        """Before the plan, from the step's gathered gradients: the param groups that step
+        flat (by index), their parameters and gradients copied into their buffers, and where
+        those gradients lie in the step's order of gradients (for the plan's norms)."""
         flats: dict[int, backends.FlatGroup] = {}
         laid: list[Laid] = []
-        start = 0
-        for gi, group in enumerate(self.param_groups):
-            params = [p for p in group["params"] if p.grad is not None]
-            if not params:
-                continue
-            grads = [p.grad for p in params if p.grad is not None]
-            flat = self._flat_group(gi, group, params, grads)
+        for gi, start, stop in _group_slices(owners):
+            ps, gs = params[start:stop], grads[start:stop]
+            flat = self._flat_group(gi, self.param_groups[gi], ps, gs)
             if flat is not None:
-                flat.load(params, grads)
+                flat.load(ps, gs)
                 flats[gi] = flat
                 laid.append(flat.laid(start))
-            start += len(params)
         return flats, laid
 
     def _flat_group(self, gi: int, group: dict[str, Any], params: list[Tensor],

@@ -43,7 +43,7 @@ from torch import Tensor
 
 from ..._validation import env_count
 from ...clip._apply import apply_clip, kept
-from ...clip._stats import FlatLayout, Laid
+from ...clip._stats import FlatLayout, Laid, segment_ids
 from ...rules import Rule, State
 from . import _select, compiled, native
 
@@ -71,12 +71,6 @@ def compile_min_numel() -> int:
 _meta = operator.attrgetter("shape", "dtype", "device")
 
 
-def _segment_ids(sizes: list[int], device: torch.device) -> Tensor:
-    """For every element of a flat buffer of tensors of ``sizes``, its tensor's index."""
-    return torch.repeat_interleave(torch.arange(len(sizes), device=device),
-                                   torch.tensor(sizes, device=device))
-
-
 class Segments:
     """Where each tensor of a flat buffer lies, for the rules that reduce per tensor: they
     take per-tensor quantities from :meth:`norm` (one value per segment), compute with them
@@ -94,7 +88,7 @@ class Segments:
     def __init__(self, shapes: list[torch.Size], device: torch.device) -> None:
         self.shapes = shapes
         self.sizes = [s.numel() for s in shapes]
-        self.ids = _segment_ids(self.sizes, device)
+        self.ids = segment_ids(self.sizes, device)
         # Elements of tensors with at most one dimension (biases, norm weights).
         self.vectors = self.expand(torch.tensor([len(s) <= 1 for s in shapes], device=device))
 
@@ -265,7 +259,7 @@ class FlatGroup:
             return None
         if all(s is not None and s.dim() == 0 for s in scales):
             if self._ids is None:
-                self._ids = _segment_ids(self.sizes, self.device)
+                self._ids = segment_ids(self.sizes, self.device)
             stacked = torch.stack([s for s in scales if s is not None]).to(self.device)
             return stacked.index_select(0, self._ids)
         parts = [torch.ones((), device=self.device) if s is None else s for s in scales]
